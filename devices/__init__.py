@@ -1,0 +1,1 @@
+"""Wearables: the MQTT broker, ingestion, payload codecs, vitals catalogue, alerting."""

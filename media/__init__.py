@@ -1,0 +1,1 @@
+"""aiortc: the server's own end of a call (media-relay issue)."""

@@ -1,0 +1,27 @@
+"""Time, as the rest of the code sees it: timezone-aware UTC, millisecond precision.
+
+Milliseconds because MongoDB stores datetimes to the millisecond: a value must read back
+exactly as it was written, or hashes over it (the audit chain) would not verify.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return truncate(datetime.now(UTC))
+
+
+def truncate(moment: datetime) -> datetime:
+    """`moment` in UTC, cut to whole milliseconds."""
+    moment = moment.astimezone(UTC)
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+def iso(moment: datetime) -> str:
+    """RFC 3339 with milliseconds and a Z, as FHIR instants are written."""
+    return truncate(moment).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"

@@ -1,0 +1,123 @@
+"""The store: one interface, two adapters (SQLite embedded, MongoDB in production).
+
+Every adapter passes the same contract suite (tests/telemed/store/test_contract.py).
+Later features add their collections here, as methods on `Store`, in both adapters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Protocol
+
+from telemed.accounts import Patient, Role, User
+from telemed.audit import AuditEvent, AuditRecord
+from telemed.sessions import Session
+from telemed.settings import StoreSettings
+from telemed.throttle import Throttle
+from telemed.tokens import ApiToken
+
+
+class Store(Protocol):
+    """What the rest of the server may ask of storage. Datetimes are UTC, to the ms."""
+
+    kind: str  # "sqlite" or "mongodb"
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise `StoreUnavailable` unless the store answers now."""
+
+    async def is_empty(self) -> bool:
+        """True when no user exists yet (a new installation)."""
+
+    # users ---------------------------------------------------------------
+    async def add_user(self, user: User) -> None:
+        """Raise `Conflict` if the e-mail address or id is taken."""
+
+    async def get_user(self, user_id: str) -> User | None: ...
+
+    async def find_user_by_email(self, email: str) -> User | None: ...
+
+    async def list_users(self, role: Role | None = None) -> list[User]:
+        """Ordered by name, then id."""
+
+    async def update_user(self, user: User) -> None:
+        """Replace the user with the same id; raise `NotFound` if there is none."""
+
+    # patients ------------------------------------------------------------
+    async def add_patient(self, patient: Patient) -> None:
+        """Raise `Conflict` if the id is taken."""
+
+    async def get_patient(self, patient_id: str) -> Patient | None: ...
+
+    async def list_patients(self, ids: list[str] | None = None) -> list[Patient]:
+        """All patients, or those with these ids; ordered by name, then id."""
+
+    # care teams ----------------------------------------------------------
+    async def add_care_team_member(self, patient_id: str, clinician_id: str) -> bool:
+        """False if the clinician already was on the patient's team."""
+
+    async def remove_care_team_member(self, patient_id: str, clinician_id: str) -> bool:
+        """False if the clinician was not on the patient's team."""
+
+    async def care_team(self, patient_id: str) -> frozenset[str]:
+        """The clinician ids on the patient's care team."""
+
+    async def patients_of(self, clinician_id: str) -> frozenset[str]:
+        """The patient ids whose care team includes the clinician."""
+
+    # API tokens ----------------------------------------------------------
+    async def add_token(self, token: ApiToken) -> None: ...
+
+    async def get_token(self, token_id: str) -> ApiToken | None: ...
+
+    async def find_token(self, token_hash: str) -> ApiToken | None: ...
+
+    async def list_tokens(self, user_id: str | None = None) -> list[ApiToken]:
+        """Ordered by creation time."""
+
+    async def revoke_token(self, token_id: str, at: datetime) -> bool:
+        """Mark revoked. False if unknown or already revoked."""
+
+    # sessions ------------------------------------------------------------
+    async def put_session(self, session: Session) -> None:
+        """Insert or replace by key."""
+
+    async def get_session(self, key: str) -> Session | None: ...
+
+    async def delete_session(self, key: str) -> None: ...
+
+    async def delete_user_sessions(self, user_id: str) -> int: ...
+
+    # login throttling ----------------------------------------------------
+    async def get_throttle(self, key: str) -> Throttle | None: ...
+
+    async def put_throttle(self, throttle: Throttle) -> None: ...
+
+    async def delete_throttle(self, key: str) -> None: ...
+
+    # clinic settings that admins change at run time ------------------------
+    async def get_setting(self, key: str) -> str | None: ...
+
+    async def put_setting(self, key: str, value: str) -> None: ...
+
+    # audit log -----------------------------------------------------------
+    async def append_audit(self, event: AuditEvent) -> AuditRecord:
+        """Seal `event` after the current head, atomically, even across processes."""
+
+    def audit_records(
+        self, *, patient_id: str | None = None, limit: int | None = None
+    ) -> AsyncIterator[AuditRecord]:
+        """Stored entries in sequence order (oldest first), optionally for one patient."""
+
+
+async def open_store(settings: StoreSettings, *, base_dir: str = ".") -> Store:
+    """Open (and migrate, or index) the store named by `settings.url`."""
+    if settings.url.startswith("sqlite:///"):
+        from telemed.store.sqlite import SqliteStore
+
+        return await SqliteStore.open(settings.url, base_dir=base_dir)
+    from telemed.store.mongo import MongoStore
+
+    return await MongoStore.open(settings.url, settings.database)

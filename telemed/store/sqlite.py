@@ -1,0 +1,559 @@
+"""The embedded store: one SQLite file in WAL mode.
+
+All SQLite calls run on one dedicated thread that owns the connection, so the event loop
+never blocks and statements never interleave. Other processes (the CLI while the server
+runs) share the file through WAL and a busy timeout. The schema is versioned: the
+migrations below run in order at open, each in its own transaction, recorded in
+`PRAGMA user_version`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from telemed.accounts import Patient, Role, User
+from telemed.audit import AuditEvent, AuditRecord, Outcome, seal
+from telemed.errors import Conflict, NotFound, StoreUnavailable
+from telemed.sessions import Session
+from telemed.throttle import Throttle
+from telemed.tokens import ApiToken
+
+T = TypeVar("T")
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: accounts, care teams, tokens, sessions, throttling, settings, audit
+    """
+    CREATE TABLE users (
+        id TEXT PRIMARY KEY,
+        email TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL,
+        role TEXT NOT NULL,
+        password_hash TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        active INTEGER NOT NULL,
+        totp_secret TEXT NOT NULL,
+        totp_last_step INTEGER NOT NULL,
+        recovery_codes TEXT NOT NULL
+    );
+    CREATE TABLE patients (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        birth_date TEXT,
+        language TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE care_team_members (
+        patient_id TEXT NOT NULL,
+        clinician_id TEXT NOT NULL,
+        PRIMARY KEY (patient_id, clinician_id)
+    );
+    CREATE INDEX care_team_members_by_clinician ON care_team_members (clinician_id);
+    CREATE TABLE api_tokens (
+        id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        created_at TEXT NOT NULL,
+        revoked_at TEXT
+    );
+    CREATE TABLE sessions (
+        key TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        last_seen_at TEXT NOT NULL,
+        csrf_token TEXT NOT NULL,
+        mfa_pending INTEGER NOT NULL,
+        source TEXT NOT NULL
+    );
+    CREATE INDEX sessions_by_user ON sessions (user_id);
+    CREATE TABLE login_throttle (
+        key TEXT PRIMARY KEY,
+        failures INTEGER NOT NULL,
+        last_failure_at TEXT NOT NULL
+    );
+    CREATE TABLE clinic_settings (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE audit_log (
+        seq INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        actor_id TEXT NOT NULL,
+        actor_role TEXT NOT NULL,
+        action TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        source TEXT NOT NULL,
+        patient_id TEXT NOT NULL,
+        entity TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    );
+    CREATE INDEX audit_log_by_patient ON audit_log (patient_id, seq);
+    CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    """,
+)
+
+
+def _t(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+def _dt(text: str) -> datetime:
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+def _path_from_url(url: str, base_dir: str) -> Path:
+    path = Path(url.removeprefix("sqlite:///"))
+    return path if path.is_absolute() else Path(base_dir) / path
+
+
+class SqliteStore:
+    kind = "sqlite"
+
+    def __init__(self, path: Path, executor: ThreadPoolExecutor) -> None:
+        self.path = path
+        self._executor = executor
+        self._conn: sqlite3.Connection | None = None
+
+    @classmethod
+    async def open(cls, url: str, *, base_dir: str = ".") -> SqliteStore:
+        path = _path_from_url(url, base_dir)
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        store = cls(path, executor)
+        try:
+            await store._run(store._connect)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return store
+
+    # plumbing -------------------------------------------------------------
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    def _connect(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._conn = conn
+            self._migrate(conn)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open SQLite store {self.path}: {exc}") from exc
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(MIGRATIONS):
+                raise StoreUnavailable(
+                    f"the database is at schema version {version}, newer than this "
+                    f"server ({len(MIGRATIONS)}): upgrade the server"
+                )
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in _statements(script):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreUnavailable("the SQLite store is closed")
+        return self._conn
+
+    def _write(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> int:
+        try:
+            return self.conn.execute(sql, params).rowcount
+        except sqlite3.IntegrityError as exc:
+            raise Conflict(str(exc)) from exc
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        try:
+            return self.conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    async def write(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> int:
+        return await self._run(self._write, sql, params)
+
+    async def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        return await self._run(self._rows, sql, params)
+
+    async def close(self) -> None:
+        def _close() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        await self._run(_close)
+        self._executor.shutdown(wait=True)
+
+    async def ping(self) -> None:
+        await self.rows("SELECT 1")
+
+    async def is_empty(self) -> bool:
+        return not await self.rows("SELECT 1 FROM users LIMIT 1")
+
+    # users ------------------------------------------------------------------
+    @staticmethod
+    def _user_params(user: User) -> dict[str, Any]:
+        return {
+            "id": user.id,
+            "email": user.email,
+            "name": user.name,
+            "role": user.role.value,
+            "password_hash": user.password_hash,
+            "created_at": _t(user.created_at),
+            "active": int(user.active),
+            "totp_secret": user.totp_secret,
+            "totp_last_step": user.totp_last_step,
+            "recovery_codes": json.dumps(list(user.recovery_codes)),
+        }
+
+    @staticmethod
+    def _user(row: sqlite3.Row) -> User:
+        return User(
+            id=row["id"],
+            email=row["email"],
+            name=row["name"],
+            role=Role(row["role"]),
+            password_hash=row["password_hash"],
+            created_at=_dt(row["created_at"]),
+            active=bool(row["active"]),
+            totp_secret=row["totp_secret"],
+            totp_last_step=row["totp_last_step"],
+            recovery_codes=tuple(json.loads(row["recovery_codes"])),
+        )
+
+    async def add_user(self, user: User) -> None:
+        await self.write(
+            "INSERT INTO users VALUES (:id, :email, :name, :role, :password_hash, :created_at,"
+            " :active, :totp_secret, :totp_last_step, :recovery_codes)",
+            self._user_params(user),
+        )
+
+    async def get_user(self, user_id: str) -> User | None:
+        rows = await self.rows("SELECT * FROM users WHERE id = ?", (user_id,))
+        return self._user(rows[0]) if rows else None
+
+    async def find_user_by_email(self, email: str) -> User | None:
+        rows = await self.rows("SELECT * FROM users WHERE email = ?", (email,))
+        return self._user(rows[0]) if rows else None
+
+    async def list_users(self, role: Role | None = None) -> list[User]:
+        if role is None:
+            rows = await self.rows("SELECT * FROM users ORDER BY name, id")
+        else:
+            rows = await self.rows(
+                "SELECT * FROM users WHERE role = ? ORDER BY name, id", (role.value,)
+            )
+        return [self._user(r) for r in rows]
+
+    async def update_user(self, user: User) -> None:
+        changed = await self.write(
+            "UPDATE users SET email = :email, name = :name, role = :role,"
+            " password_hash = :password_hash, created_at = :created_at, active = :active,"
+            " totp_secret = :totp_secret, totp_last_step = :totp_last_step,"
+            " recovery_codes = :recovery_codes WHERE id = :id",
+            self._user_params(user),
+        )
+        if not changed:
+            raise NotFound(f"user {user.id}")
+
+    # patients ---------------------------------------------------------------
+    @staticmethod
+    def _patient(row: sqlite3.Row) -> Patient:
+        birth = row["birth_date"]
+        return Patient(
+            id=row["id"],
+            name=row["name"],
+            birth_date=date.fromisoformat(birth) if birth else None,
+            language=row["language"],
+            created_at=_dt(row["created_at"]),
+        )
+
+    async def add_patient(self, patient: Patient) -> None:
+        await self.write(
+            "INSERT INTO patients VALUES (?, ?, ?, ?, ?)",
+            (
+                patient.id,
+                patient.name,
+                patient.birth_date.isoformat() if patient.birth_date else None,
+                patient.language,
+                _t(patient.created_at),
+            ),
+        )
+
+    async def get_patient(self, patient_id: str) -> Patient | None:
+        rows = await self.rows("SELECT * FROM patients WHERE id = ?", (patient_id,))
+        return self._patient(rows[0]) if rows else None
+
+    async def list_patients(self, ids: list[str] | None = None) -> list[Patient]:
+        if ids is None:
+            rows = await self.rows("SELECT * FROM patients ORDER BY name, id")
+        elif not ids:
+            return []
+        else:
+            marks = ",".join("?" * len(ids))
+            rows = await self.rows(
+                f"SELECT * FROM patients WHERE id IN ({marks}) ORDER BY name, id",  # noqa: S608
+                tuple(ids),
+            )
+        return [self._patient(r) for r in rows]
+
+    # care teams -------------------------------------------------------------
+    async def add_care_team_member(self, patient_id: str, clinician_id: str) -> bool:
+        return bool(
+            await self.write(
+                "INSERT OR IGNORE INTO care_team_members VALUES (?, ?)",
+                (patient_id, clinician_id),
+            )
+        )
+
+    async def remove_care_team_member(self, patient_id: str, clinician_id: str) -> bool:
+        return bool(
+            await self.write(
+                "DELETE FROM care_team_members WHERE patient_id = ? AND clinician_id = ?",
+                (patient_id, clinician_id),
+            )
+        )
+
+    async def care_team(self, patient_id: str) -> frozenset[str]:
+        rows = await self.rows(
+            "SELECT clinician_id FROM care_team_members WHERE patient_id = ?", (patient_id,)
+        )
+        return frozenset(r[0] for r in rows)
+
+    async def patients_of(self, clinician_id: str) -> frozenset[str]:
+        rows = await self.rows(
+            "SELECT patient_id FROM care_team_members WHERE clinician_id = ?", (clinician_id,)
+        )
+        return frozenset(r[0] for r in rows)
+
+    # API tokens -------------------------------------------------------------
+    @staticmethod
+    def _token(row: sqlite3.Row) -> ApiToken:
+        return ApiToken(
+            id=row["id"],
+            user_id=row["user_id"],
+            name=row["name"],
+            token_hash=row["token_hash"],
+            created_at=_dt(row["created_at"]),
+            revoked_at=_dt(row["revoked_at"]) if row["revoked_at"] else None,
+        )
+
+    async def add_token(self, token: ApiToken) -> None:
+        await self.write(
+            "INSERT INTO api_tokens VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                token.id,
+                token.user_id,
+                token.name,
+                token.token_hash,
+                _t(token.created_at),
+                _t(token.revoked_at) if token.revoked_at else None,
+            ),
+        )
+
+    async def get_token(self, token_id: str) -> ApiToken | None:
+        rows = await self.rows("SELECT * FROM api_tokens WHERE id = ?", (token_id,))
+        return self._token(rows[0]) if rows else None
+
+    async def find_token(self, token_hash: str) -> ApiToken | None:
+        rows = await self.rows("SELECT * FROM api_tokens WHERE token_hash = ?", (token_hash,))
+        return self._token(rows[0]) if rows else None
+
+    async def list_tokens(self, user_id: str | None = None) -> list[ApiToken]:
+        if user_id is None:
+            rows = await self.rows("SELECT * FROM api_tokens ORDER BY created_at, id")
+        else:
+            rows = await self.rows(
+                "SELECT * FROM api_tokens WHERE user_id = ? ORDER BY created_at, id", (user_id,)
+            )
+        return [self._token(r) for r in rows]
+
+    async def revoke_token(self, token_id: str, at: datetime) -> bool:
+        return bool(
+            await self.write(
+                "UPDATE api_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                (_t(at), token_id),
+            )
+        )
+
+    # sessions ---------------------------------------------------------------
+    @staticmethod
+    def _session(row: sqlite3.Row) -> Session:
+        return Session(
+            key=row["key"],
+            user_id=row["user_id"],
+            created_at=_dt(row["created_at"]),
+            last_seen_at=_dt(row["last_seen_at"]),
+            csrf_token=row["csrf_token"],
+            mfa_pending=bool(row["mfa_pending"]),
+            source=row["source"],
+        )
+
+    async def put_session(self, session: Session) -> None:
+        await self.write(
+            "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                session.key,
+                session.user_id,
+                _t(session.created_at),
+                _t(session.last_seen_at),
+                session.csrf_token,
+                int(session.mfa_pending),
+                session.source,
+            ),
+        )
+
+    async def get_session(self, key: str) -> Session | None:
+        rows = await self.rows("SELECT * FROM sessions WHERE key = ?", (key,))
+        return self._session(rows[0]) if rows else None
+
+    async def delete_session(self, key: str) -> None:
+        await self.write("DELETE FROM sessions WHERE key = ?", (key,))
+
+    async def delete_user_sessions(self, user_id: str) -> int:
+        return await self.write("DELETE FROM sessions WHERE user_id = ?", (user_id,))
+
+    # login throttling -------------------------------------------------------
+    async def get_throttle(self, key: str) -> Throttle | None:
+        rows = await self.rows("SELECT * FROM login_throttle WHERE key = ?", (key,))
+        if not rows:
+            return None
+        return Throttle(rows[0]["key"], rows[0]["failures"], _dt(rows[0]["last_failure_at"]))
+
+    async def put_throttle(self, throttle: Throttle) -> None:
+        await self.write(
+            "INSERT OR REPLACE INTO login_throttle VALUES (?, ?, ?)",
+            (throttle.key, throttle.failures, _t(throttle.last_failure_at)),
+        )
+
+    async def delete_throttle(self, key: str) -> None:
+        await self.write("DELETE FROM login_throttle WHERE key = ?", (key,))
+
+    # clinic settings --------------------------------------------------------
+    async def get_setting(self, key: str) -> str | None:
+        rows = await self.rows("SELECT value FROM clinic_settings WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    async def put_setting(self, key: str, value: str) -> None:
+        await self.write("INSERT OR REPLACE INTO clinic_settings VALUES (?, ?)", (key, value))
+
+    # audit log --------------------------------------------------------------
+    @staticmethod
+    def _audit(row: sqlite3.Row) -> AuditRecord:
+        event = AuditEvent(
+            at=_dt(row["at"]),
+            actor_id=row["actor_id"],
+            actor_role=row["actor_role"],
+            action=row["action"],
+            outcome=Outcome(row["outcome"]),
+            source=row["source"],
+            patient_id=row["patient_id"],
+            entity=row["entity"],
+            detail=row["detail"],
+        )
+        return AuditRecord(row["seq"], event, row["prev_hash"], row["hash"])
+
+    def _append_audit(self, event: AuditEvent) -> AuditRecord:
+        conn = self.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")  # takes the write lock: one appender at a time
+            try:
+                row = conn.execute(
+                    "SELECT * FROM audit_log ORDER BY seq DESC LIMIT 1"
+                ).fetchone()
+                record = seal(event, self._audit(row) if row else None)
+                e = record.event
+                conn.execute(
+                    "INSERT INTO audit_log VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        record.seq,
+                        _t(e.at),
+                        e.actor_id,
+                        e.actor_role,
+                        e.action,
+                        e.outcome.value,
+                        e.source,
+                        e.patient_id,
+                        e.entity,
+                        e.detail,
+                        record.prev_hash,
+                        record.hash,
+                    ),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"audit append failed: {exc}") from exc
+        return record
+
+    async def append_audit(self, event: AuditEvent) -> AuditRecord:
+        return await self._run(self._append_audit, event)
+
+    async def audit_records(
+        self, *, patient_id: str | None = None, limit: int | None = None
+    ) -> AsyncIterator[AuditRecord]:
+        page = 500
+        after = 0
+        remaining = limit
+        while remaining is None or remaining > 0:
+            size = page if remaining is None else min(page, remaining)
+            if patient_id is None:
+                rows = await self.rows(
+                    "SELECT * FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?", (after, size)
+                )
+            else:
+                rows = await self.rows(
+                    "SELECT * FROM audit_log WHERE patient_id = ? AND seq > ?"
+                    " ORDER BY seq LIMIT ?",
+                    (patient_id, after, size),
+                )
+            for row in rows:
+                yield self._audit(row)
+            if len(rows) < size:
+                return
+            after = rows[-1]["seq"]
+            if remaining is not None:
+                remaining -= len(rows)
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration into statements, keeping trigger bodies whole."""
+    statements: list[str] = []
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip():
+                statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip():
+        statements.append(buffer.strip())
+    return statements
