@@ -250,15 +250,10 @@ def _check_cross_field(s: Settings) -> None:
             raise ConfigError(f"server.{key}: file not found: {value}")
     url = s.store.url
     if not (url.startswith("sqlite:///") or url.startswith(("mongodb://", "mongodb+srv://"))):
-        raise ConfigError(
-            f"store.url: expected sqlite:///PATH or mongodb://..., got {url!r}"
-        )
+        raise ConfigError(f"store.url: expected sqlite:///PATH or mongodb://..., got {url!r}")
     if url.startswith("sqlite:///") and len(url) == len("sqlite:///"):
         raise ConfigError("store.url: sqlite:/// needs a file path")
     if not s.store.database:
         raise ConfigError("store.database: expected a database name")
     if s.security.session_absolute_hours * 60 < s.security.session_idle_minutes:
-        raise ConfigError(
-            "security.session_idle_minutes: must not exceed session_absolute_hours"
-        )
-
+        raise ConfigError("security.session_idle_minutes: must not exceed session_absolute_hours")

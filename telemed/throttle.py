@@ -52,3 +52,11 @@ def account_key(email: str) -> str:
 
 def address_key(address: str) -> str:
     return f"address:{address}"
+
+
+@dataclass(frozen=True, slots=True)
+class LoginThrottling:
+    """Accounts lock after few failures; a shared address (a clinic's NAT) after more."""
+
+    account: ThrottlePolicy
+    address: ThrottlePolicy

@@ -1,0 +1,51 @@
+# Two commands do all the set-up on a fresh machine:
+#   make run    create .venv, install the server (and Mosquitto when root), start it
+#   make test   the same plus test tools and Chromium, then ruff, mypy and pytest
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+
+.PHONY: run test lint typecheck pytest system-deps system-deps-test bench clean
+
+run: $(STAMP) system-deps
+	$(BIN)/telemed serve
+
+test: $(TEST_STAMP) system-deps system-deps-test lint typecheck pytest
+
+lint: $(TEST_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(TEST_STAMP)
+	$(BIN)/mypy
+
+pytest: $(TEST_STAMP)
+	$(BIN)/python -m pytest
+
+$(VENV)/bin/python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (found " + sys.version.split()[0] + ")")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): $(VENV)/bin/python pyproject.toml
+	$(BIN)/python -m pip install --quiet -e .
+	@touch $@
+
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $@
+
+# Debian packages: installed when running as root, otherwise a clear message.
+system-deps:
+	@sh scripts/system-deps.sh mosquitto
+
+system-deps-test:
+	@sh scripts/system-deps.sh chromium
+
+bench: $(TEST_STAMP)
+	@for b in bench/*.py; do [ -e "$$b" ] && $(BIN)/python "$$b"; done; true
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,112 @@
+"""The composition root: the one place that builds the aiohttp app and wires its parts.
+
+Each resource is created in a cleanup context (started in order, closed in reverse) and
+stored under a typed key from `telemed.web.keys`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from devices.broker import BrokerProbe, MosquittoSupervisor
+from telemed.clinic import Clinic
+from telemed.clock import Clock, utcnow
+from telemed.sessions import SessionPolicy
+from telemed.settings import Settings
+from telemed.store import Store, open_store
+from telemed.throttle import LoginThrottling, ThrottlePolicy
+from telemed.web import api, auth, fhir, ops, pages
+from telemed.web.keys import (
+    CLINIC,
+    CLOCK,
+    METRICS,
+    PROBES,
+    REGISTRY,
+    SESSION_POLICY,
+    SETTINGS,
+    STORE,
+    THROTTLE_POLICY,
+)
+from telemed.web.metrics import Metrics
+from telemed.web.middleware import authenticate, csrf, observe, security_headers
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATES = ROOT / "templates"
+STATIC = ROOT / "static"
+
+
+class StoreProbe:
+    name = "store"
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def check(self) -> None:
+        await self.store.ping()
+
+
+async def store_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    app[STORE] = store = await open_store(settings.store, base_dir=str(settings.base_dir))
+    app[CLINIC] = Clinic(store, app[CLOCK])
+    app[PROBES].append(StoreProbe(store))
+    log.info("store open kind=%s", store.kind)
+    yield
+    await store.close()
+
+
+async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
+    mqtt = app[SETTINGS].mqtt
+    supervisor = None
+    if mqtt.embedded:
+        supervisor = MosquittoSupervisor(mqtt.mosquitto, mqtt.port, app[SETTINGS].var_dir)
+        await supervisor.start()
+    app[PROBES].append(
+        BrokerProbe(mqtt.host, mqtt.port, mqtt.username, mqtt.password.reveal(), mqtt.tls)
+    )
+    yield
+    if supervisor is not None:
+        await supervisor.stop()
+
+
+def create_app(settings: Settings, *, clock: Clock = utcnow) -> web.Application:
+    app = web.Application(middlewares=[observe, authenticate, csrf], client_max_size=1024**2)
+    app[SETTINGS] = settings
+    app[CLOCK] = clock
+    security = settings.security
+    app[SESSION_POLICY] = SessionPolicy(
+        idle=timedelta(minutes=security.session_idle_minutes),
+        absolute=timedelta(hours=security.session_absolute_hours),
+    )
+    lock = timedelta(minutes=security.lock_minutes)
+    app[THROTTLE_POLICY] = LoginThrottling(
+        account=ThrottlePolicy(security.throttle_delay_after, security.lock_account_after, lock),
+        address=ThrottlePolicy(security.throttle_delay_after, security.lock_address_after, lock),
+    )
+    app[REGISTRY] = registry = CollectorRegistry()
+    app[METRICS] = Metrics.create(registry)
+    app[PROBES] = []
+    env = aiohttp_jinja2.setup(
+        app,
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=jinja2.select_autoescape(default=True),
+        undefined=jinja2.StrictUndefined,
+    )
+    app.on_response_prepare.append(security_headers)
+    app.cleanup_ctx.append(store_ctx)
+    app.cleanup_ctx.append(broker_ctx)
+    for table in (auth.routes, pages.routes, api.routes, fhir.routes, ops.routes):
+        app.router.add_routes(table)
+    static = app.router.add_static("/static/", STATIC, name="static", append_version=True)
+    env.globals["static"] = lambda path: str(static.url_for(filename=path))
+    return app

@@ -1,0 +1,367 @@
+"""The `telemed` command line.
+
+Commands that change data open the store directly, so they work while the server runs
+(SQLite in WAL mode with a busy timeout; MongoDB as usual). `--json` prints one JSON
+object on standard output, for scripts. Errors go to standard error with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import getpass
+import json
+import logging
+import ssl
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from telemed import demo, tls
+from telemed.accounts import Role
+from telemed.api_json import user_json
+from telemed.audit import averify
+from telemed.clinic import OPERATOR, Clinic
+from telemed.clock import utcnow
+from telemed.errors import TelemedError
+from telemed.logs import configure
+from telemed.settings import ConfigError, Settings, load_settings
+from telemed.store import Store, open_store
+
+log = logging.getLogger(__name__)
+
+
+class CliError(Exception):
+    pass
+
+
+def out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def emit(args: argparse.Namespace, data: dict[str, Any], human: str) -> None:
+    out(json.dumps(data, ensure_ascii=False) if args.json else human)
+
+
+async def _with_clinic(settings: Settings, work: Callable[[Clinic], Awaitable[int]]) -> int:
+    store: Store = await open_store(settings.store, base_dir=str(settings.base_dir))
+    try:
+        return await work(Clinic(store, utcnow))
+    finally:
+        await store.close()
+
+
+# commands ---------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from telemed.app import create_app
+    from telemed.web.access_log import RouteAccessLogger
+
+    if args.host:
+        settings = dataclasses.replace(
+            settings, server=dataclasses.replace(settings.server, host=args.host)
+        )
+    if args.port is not None:
+        settings = dataclasses.replace(
+            settings, server=dataclasses.replace(settings.server, port=args.port)
+        )
+    if args.self_signed:
+        cert, key = tls.self_signed(settings.var_dir / "tls", settings.server.host)
+        settings = dataclasses.replace(
+            settings,
+            server=dataclasses.replace(settings.server, tls_cert=str(cert), tls_key=str(key)),
+        )
+        out(f"Self-signed certificate (30 days): {cert}. Browsers will warn once; accept it.")
+    if settings.demo.seed:
+        asyncio.run(_seed_demo_if_empty(settings))
+    ssl_context = None
+    if settings.server.tls_cert:
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_context.load_cert_chain(
+            settings.resolve(settings.server.tls_cert), settings.resolve(settings.server.tls_key)
+        )
+    out(f"Telemed serving on {settings.base_url}  (sign in at {settings.base_url}/login)")
+    web.run_app(
+        create_app(settings),
+        host=settings.server.host,
+        port=settings.server.port,
+        ssl_context=ssl_context,
+        access_log_class=RouteAccessLogger,
+        print=None,
+    )
+    return 0
+
+
+async def _seed_demo_if_empty(settings: Settings) -> None:
+    async def work(clinic: Clinic) -> int:
+        logins_file = settings.var_dir / demo.LOGINS_FILE
+        if not await clinic.store.is_empty():
+            if logins_file.exists():
+                out(f"Demo sign-ins are in {logins_file}")
+            return 0
+        if clinic.store.kind != "sqlite":
+            log.warning("demo seeding refused on a MongoDB store; create users with the CLI")
+            out(
+                "Demo seeding is refused on a MongoDB store: add an admin with "
+                "`telemed user add --role admin ...`."
+            )
+            return 0
+        logins = await demo.seed(clinic, settings.var_dir)
+        out(demo.format_logins(logins).rstrip() + f"\n  (also saved in {logins_file})")
+        return 0
+
+    await _with_clinic(settings, work)
+
+
+def _read_password(args: argparse.Namespace) -> str | None:
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise CliError("password: nothing was read from standard input")
+        return password
+    if sys.stdin.isatty():
+        first = getpass.getpass("Password (12+ characters): ")
+        if first != getpass.getpass("Again: "):
+            raise CliError("password: the two entries differ")
+        return first
+    return None
+
+
+def cmd_user_add(args: argparse.Namespace, settings: Settings) -> int:
+    password = _read_password(args)
+
+    async def work(clinic: Clinic) -> int:
+        user = await clinic.add_user(
+            OPERATOR,
+            role=args.role,
+            email=args.email,
+            name=args.name,
+            password=password,
+            language=args.language,
+            birth_date=args.birth_date,
+        )
+        note = "" if password else " (no password: cannot sign in until one is set)"
+        emit(args, user_json(user), f"{user.id}{note}")
+        return 0
+
+    return asyncio.run(_with_clinic(settings, work))
+
+
+def cmd_user_list(args: argparse.Namespace, settings: Settings) -> int:
+    async def work(clinic: Clinic) -> int:
+        role = Role(args.role) if args.role else None
+        users = await clinic.list_users(OPERATOR, role)
+        if args.json:
+            out(json.dumps({"users": [user_json(u) for u in users]}, ensure_ascii=False))
+        else:
+            for u in users:
+                out(f"{u.id}  {u.role.value:8} {u.email:30} {u.name}")
+        return 0
+
+    return asyncio.run(_with_clinic(settings, work))
+
+
+def cmd_care_team(args: argparse.Namespace, settings: Settings) -> int:
+    async def work(clinic: Clinic) -> int:
+        if args.care_team_command == "add":
+            changed = await clinic.add_care_team_member(OPERATOR, args.patient, args.clinician)
+            human = "added" if changed else "already on the care team"
+        else:
+            changed = await clinic.remove_care_team_member(OPERATOR, args.patient, args.clinician)
+            human = "removed" if changed else "was not on the care team"
+        team = sorted(await clinic.store.care_team(args.patient))
+        emit(
+            args,
+            {
+                "patient": args.patient,
+                "clinician": args.clinician,
+                "changed": changed,
+                "care_team": team,
+            },
+            human,
+        )
+        return 0
+
+    return asyncio.run(_with_clinic(settings, work))
+
+
+def cmd_token_create(args: argparse.Namespace, settings: Settings) -> int:
+    async def work(clinic: Clinic) -> int:
+        token, secret = await clinic.create_token(OPERATOR, args.email, args.name)
+        emit(
+            args,
+            {"id": token.id, "token": secret, "user_id": token.user_id, "name": token.name},
+            f"Token {token.id} (shown once, keep it secret):\n{secret}",
+        )
+        return 0
+
+    return asyncio.run(_with_clinic(settings, work))
+
+
+def cmd_token_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    async def work(clinic: Clinic) -> int:
+        await clinic.revoke_token(OPERATOR, args.id)
+        emit(args, {"id": args.id, "revoked": True}, f"revoked {args.id}")
+        return 0
+
+    return asyncio.run(_with_clinic(settings, work))
+
+
+def cmd_token_list(args: argparse.Namespace, settings: Settings) -> int:
+    async def work(clinic: Clinic) -> int:
+        tokens = await clinic.store.list_tokens()
+        rows = [
+            {"id": t.id, "user_id": t.user_id, "name": t.name, "active": t.active} for t in tokens
+        ]
+        if args.json:
+            out(json.dumps({"tokens": rows}))
+        else:
+            for r in rows:
+                state = "active " if r["active"] else "revoked"
+                out(f"{r['id']}  {state}  {r['user_id']}  {r['name']}")
+        return 0
+
+    return asyncio.run(_with_clinic(settings, work))
+
+
+def cmd_audit_verify(args: argparse.Namespace, settings: Settings) -> int:
+    async def work(clinic: Clinic) -> int:
+        verdict = await averify(clinic.store.audit_records())
+        data = dataclasses.asdict(verdict)
+        if verdict.ok:
+            emit(
+                args,
+                data,
+                f"audit log intact: {verdict.count} entries, head "
+                f"{verdict.head_seq} {verdict.head_hash}",
+            )
+            return 0
+        emit(args, data, f"audit log BROKEN at entry {verdict.first_bad_seq}: {verdict.reason}")
+        return 1
+
+    return asyncio.run(_with_clinic(settings, work))
+
+
+def cmd_demo_seed(args: argparse.Namespace, settings: Settings) -> int:
+    async def work(clinic: Clinic) -> int:
+        logins = await demo.seed(clinic, settings.var_dir)
+        emit(
+            args,
+            {"logins": [dataclasses.asdict(x) for x in logins]},
+            demo.format_logins(logins).rstrip(),
+        )
+        return 0
+
+    return asyncio.run(_with_clinic(settings, work))
+
+
+# parser -------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="telemed", description="Telemedicine server")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=Path("config.toml"),
+        help="configuration file (default: ./config.toml)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def json_flag(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    serve = sub.add_parser("serve", help="run the server")
+    serve.add_argument(
+        "--self-signed",
+        action="store_true",
+        help="serve HTTPS with a throwaway self-signed certificate",
+    )
+    serve.add_argument("--host", default="")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(func=cmd_serve)
+
+    user = sub.add_parser("user", help="manage users").add_subparsers(
+        dest="user_command", required=True
+    )
+    add = user.add_parser("add", help="add a user; prints the new id")
+    add.add_argument("--role", required=True, choices=[r.value for r in Role])
+    add.add_argument("--email", required=True)
+    add.add_argument("--name", required=True)
+    add.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of standard input",
+    )
+    add.add_argument("--language", default="en", help="patients: language tag (en, es, ...)")
+    add.add_argument("--birth-date", default="", help="patients: YYYY-MM-DD")
+    json_flag(add)
+    add.set_defaults(func=cmd_user_add)
+    ls = user.add_parser("list", help="list users")
+    ls.add_argument("--role", choices=[r.value for r in Role])
+    json_flag(ls)
+    ls.set_defaults(func=cmd_user_list)
+
+    team = sub.add_parser("care-team", help="manage care teams").add_subparsers(
+        dest="care_team_command", required=True
+    )
+    for name in ("add", "remove"):
+        p = team.add_parser(name, help=f"{name} a clinician on a patient's care team")
+        p.add_argument("--patient", required=True, help="patient id")
+        p.add_argument("--clinician", required=True, help="doctor's or nurse's user id")
+        json_flag(p)
+        p.set_defaults(func=cmd_care_team)
+
+    token = sub.add_parser("token", help="API bearer tokens").add_subparsers(
+        dest="token_command", required=True
+    )
+    create = token.add_parser("create", help="create a token for a user (shown once)")
+    create.add_argument("--email", required=True)
+    create.add_argument("--name", default="", help="what the token is for")
+    json_flag(create)
+    create.set_defaults(func=cmd_token_create)
+    revoke = token.add_parser("revoke", help="revoke a token at once")
+    revoke.add_argument("id")
+    json_flag(revoke)
+    revoke.set_defaults(func=cmd_token_revoke)
+    tl = token.add_parser("list", help="list tokens (never their secrets)")
+    json_flag(tl)
+    tl.set_defaults(func=cmd_token_list)
+
+    audit = sub.add_parser("audit", help="the audit log").add_subparsers(
+        dest="audit_command", required=True
+    )
+    verify = audit.add_parser("verify", help="check the hash chain; exit 1 when broken")
+    json_flag(verify)
+    verify.set_defaults(func=cmd_audit_verify)
+
+    dm = sub.add_parser("demo", help="demo data").add_subparsers(dest="demo_command", required=True)
+    seed = dm.add_parser("seed", help="seed a demo clinic into an empty SQLite store")
+    json_flag(seed)
+    seed.set_defaults(func=cmd_demo_seed)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        sys.stderr.write(f"telemed: configuration error: {exc}\n")
+        return 2
+    configure(settings.log.level, settings.log.json)
+    try:
+        code: int = args.func(args, settings)
+    except (TelemedError, CliError) as exc:
+        if getattr(args, "json", False):
+            out(json.dumps({"error": str(exc)}))
+        sys.stderr.write(f"telemed: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The HTTP side: middlewares, pages, the JSON and FHIR APIs, operations endpoints."""

@@ -1,0 +1,25 @@
+"""Typed keys for what the composition root stores on the app (no module globals)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from telemed.clinic import Clinic
+from telemed.clock import Clock
+from telemed.probes import Probe
+from telemed.sessions import SessionPolicy
+from telemed.settings import Settings
+from telemed.store import Store
+from telemed.throttle import LoginThrottling
+from telemed.web.metrics import Metrics
+
+SETTINGS = web.AppKey("settings", Settings)
+CLOCK: web.AppKey[Clock] = web.AppKey("clock")
+STORE: web.AppKey[Store] = web.AppKey("store")
+CLINIC = web.AppKey("clinic", Clinic)
+SESSION_POLICY = web.AppKey("session_policy", SessionPolicy)
+THROTTLE_POLICY = web.AppKey("throttle_policy", LoginThrottling)
+REGISTRY = web.AppKey("registry", CollectorRegistry)
+METRICS = web.AppKey("metrics", Metrics)
+PROBES = web.AppKey("probes", list[Probe])

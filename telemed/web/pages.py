@@ -1,0 +1,136 @@
+"""The pages: the clinician dashboard, the patient's own page, and the admin page."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from telemed.accounts import Role
+from telemed.errors import ValidationError
+from telemed.web.auth import landing, render, require
+from telemed.web.keys import CLINIC, SETTINGS
+from telemed.web.middleware import USER, actor
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/")
+async def index(request: web.Request) -> web.StreamResponse:
+    user = request.get(USER)
+    raise web.HTTPFound(landing(user) if user else "/login")
+
+
+@routes.get("/dashboard")
+async def dashboard(request: web.Request) -> web.Response:
+    await require(request, Role.DOCTOR, Role.NURSE)
+    patients = await request.app[CLINIC].patients_for(actor(request))
+    return render(request, "dashboard.html", {"patients": patients})
+
+
+@routes.get("/patients/{patient_id}")
+async def patient_page(request: web.Request) -> web.Response:
+    await require(request, Role.DOCTOR, Role.NURSE, Role.ADMIN)
+    patient = await request.app[CLINIC].read_patient(
+        actor(request), request.match_info["patient_id"]
+    )
+    return render(request, "patient.html", {"patient": patient})
+
+
+@routes.get("/me")
+async def my_page(request: web.Request) -> web.Response:
+    user = await require(request, Role.PATIENT)
+    patient = await request.app[CLINIC].read_patient(actor(request), user.id)
+    return render(request, "me.html", {"patient": patient})
+
+
+async def _admin_context(request: web.Request) -> dict[str, object]:
+    clinic = request.app[CLINIC]
+    who = actor(request)
+    users = await clinic.list_users(who)
+    patients = [u for u in users if u.role is Role.PATIENT]
+    clinicians = [u for u in users if u.role.is_clinician]
+    names = {u.id: u.name for u in users}
+    teams = []
+    for patient in patients:
+        members = await clinic.store.care_team(patient.id)
+        teams.append((patient, sorted((names.get(m, m), m) for m in members)))
+    default = request.app[SETTINGS].security.require_2fa_for_clinicians
+    return {
+        "users": users,
+        "clinicians": clinicians,
+        "patients": patients,
+        "teams": teams,
+        "roles": [r.value for r in Role],
+        "require_2fa": await clinic.require_2fa(default),
+        "error": "",
+        "notice": "",
+        "form": {},
+    }
+
+
+@routes.get("/admin")
+async def admin_page(request: web.Request) -> web.Response:
+    await require(request, Role.ADMIN)
+    context = await _admin_context(request)
+    context["notice"] = {
+        "user": "User added.",
+        "team": "Care team updated.",
+        "settings": "Settings saved.",
+    }.get(request.query.get("done", ""), "")
+    return render(request, "admin.html", context)
+
+
+async def _admin_error(
+    request: web.Request, exc: ValidationError, form: dict[str, str]
+) -> web.Response:
+    context = await _admin_context(request)
+    context["error"] = str(exc)
+    context["form"] = form
+    return render(request, "admin.html", context, status=400)
+
+
+@routes.post("/admin/users")
+async def admin_add_user(request: web.Request) -> web.Response:
+    await require(request, Role.ADMIN)
+    form = {k: str(v) for k, v in (await request.post()).items() if k != "csrf_token"}
+    try:
+        await request.app[CLINIC].add_user(
+            actor(request),
+            role=form.get("role", ""),
+            email=form.get("email", ""),
+            name=form.get("name", ""),
+            password=form.get("password", ""),
+            language=form.get("language", "en"),
+            birth_date=form.get("birth_date", ""),
+        )
+    except ValidationError as exc:
+        form.pop("password", None)
+        return await _admin_error(request, exc, form)
+    raise web.HTTPSeeOther("/admin?done=user")
+
+
+@routes.post("/admin/care-teams")
+async def admin_care_team(request: web.Request) -> web.Response:
+    await require(request, Role.ADMIN)
+    form = {k: str(v) for k, v in (await request.post()).items() if k != "csrf_token"}
+    clinic = request.app[CLINIC]
+    patient_id, clinician_id = form.get("patient", ""), form.get("clinician", "")
+    try:
+        if not patient_id:
+            raise ValidationError("patient", "choose a patient")
+        if not clinician_id:
+            raise ValidationError("clinician", "choose a clinician")
+        if form.get("action") == "remove":
+            await clinic.remove_care_team_member(actor(request), patient_id, clinician_id)
+        else:
+            await clinic.add_care_team_member(actor(request), patient_id, clinician_id)
+    except ValidationError as exc:
+        return await _admin_error(request, exc, form)
+    raise web.HTTPSeeOther("/admin?done=team")
+
+
+@routes.post("/admin/settings")
+async def admin_settings(request: web.Request) -> web.Response:
+    await require(request, Role.ADMIN)
+    form = await request.post()
+    await request.app[CLINIC].set_require_2fa(actor(request), form.get("require_2fa") == "on")
+    raise web.HTTPSeeOther("/admin?done=settings")
