@@ -484,9 +484,7 @@ class SqliteStore:
         try:
             conn.execute("BEGIN IMMEDIATE")  # takes the write lock: one appender at a time
             try:
-                row = conn.execute(
-                    "SELECT * FROM audit_log ORDER BY seq DESC LIMIT 1"
-                ).fetchone()
+                row = conn.execute("SELECT * FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
                 record = seal(event, self._audit(row) if row else None)
                 e = record.event
                 conn.execute(
@@ -531,8 +529,7 @@ class SqliteStore:
                 )
             else:
                 rows = await self.rows(
-                    "SELECT * FROM audit_log WHERE patient_id = ? AND seq > ?"
-                    " ORDER BY seq LIMIT ?",
+                    "SELECT * FROM audit_log WHERE patient_id = ? AND seq > ? ORDER BY seq LIMIT ?",
                     (patient_id, after, size),
                 )
             for row in rows:
