@@ -91,7 +91,12 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> web.Application:
     lock = timedelta(minutes=security.lock_minutes)
     app[THROTTLE_POLICY] = LoginThrottling(
         account=ThrottlePolicy(security.throttle_delay_after, security.lock_account_after, lock),
-        address=ThrottlePolicy(security.throttle_delay_after, security.lock_address_after, lock),
+        # an address (a clinic's NAT) slows down only after half its lock threshold
+        address=ThrottlePolicy(
+            max(security.throttle_delay_after, security.lock_address_after // 2),
+            security.lock_address_after,
+            lock,
+        ),
     )
     app[REGISTRY] = registry = CollectorRegistry()
     app[METRICS] = Metrics.create(registry)

@@ -24,6 +24,10 @@ class Conflict(TelemedError):
     """The write would break a uniqueness rule."""
 
 
+class Unauthenticated(TelemedError):
+    """The caller must sign in (or send a bearer token) first."""
+
+
 class Forbidden(TelemedError):
     """The caller may not do this."""
 

@@ -6,7 +6,7 @@ Later features add their collections here, as methods on `Store`, in both adapte
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from datetime import datetime
 from typing import Protocol
 
@@ -108,7 +108,7 @@ class Store(Protocol):
 
     def audit_records(
         self, *, patient_id: str | None = None, limit: int | None = None
-    ) -> AsyncIterator[AuditRecord]:
+    ) -> AsyncGenerator[AuditRecord, None]:
         """Stored entries in sequence order (oldest first), optionally for one patient."""
 
 

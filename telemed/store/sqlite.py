@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -141,7 +141,10 @@ class SqliteStore:
     # plumbing -------------------------------------------------------------
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
+        try:
+            return await loop.run_in_executor(self._executor, fn, *args)
+        except RuntimeError as exc:  # the executor was shut down by close()
+            raise StoreUnavailable("the SQLite store is closed") from exc
 
     def _connect(self) -> None:
         try:
@@ -207,7 +210,10 @@ class SqliteStore:
                 self._conn.close()
                 self._conn = None
 
-        await self._run(_close)
+        try:
+            await self._run(_close)
+        except StoreUnavailable:
+            return  # closed already
         self._executor.shutdown(wait=True)
 
     async def ping(self) -> None:
@@ -517,7 +523,7 @@ class SqliteStore:
 
     async def audit_records(
         self, *, patient_id: str | None = None, limit: int | None = None
-    ) -> AsyncIterator[AuditRecord]:
+    ) -> AsyncGenerator[AuditRecord, None]:
         page = 500
         after = 0
         remaining = limit

@@ -14,7 +14,7 @@ from telemed import sessions, totp
 from telemed.accounts import Role, User
 from telemed.audit import Outcome
 from telemed.clinic import Actor
-from telemed.errors import Forbidden
+from telemed.errors import Forbidden, Unauthenticated
 from telemed.login import attempt_login
 from telemed.throttle import account_key
 from telemed.web.keys import CLINIC, CLOCK, METRICS, SETTINGS, STORE, THROTTLE_POLICY
@@ -57,10 +57,7 @@ async def require(request: web.Request, *roles: Role) -> User:
     user: User | None = request.get(USER)
     if user is None:
         if wants_json(request):
-            raise web.HTTPUnauthorized(
-                text='{"error": "sign in, or send a bearer token"}',
-                content_type="application/json",
-            )
+            raise Unauthenticated("sign in, or send a bearer token")
         raise web.HTTPFound("/login?next=" + quote(request.path_qs, safe="/?=&"))
     if request.path != ENROL_PATH and await must_enrol_2fa(request, user):
         if wants_json(request):
@@ -165,11 +162,11 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
         response = web.HTTPFound("/login/second-factor" + (f"?next={quote(nxt)}" if nxt else ""))
         await _start_session(request, response, user, mfa_pending=True)
         metrics.logins.labels("second_factor").inc()
-        return response
+        raise response
     metrics.logins.labels("success").inc()
     response = web.HTTPFound(nxt or landing(user))
     await _start_session(request, response, user, mfa_pending=False)
-    return response
+    raise response
 
 
 async def _pending_user(request: web.Request) -> User:
@@ -238,7 +235,7 @@ async def second_factor_submit(request: web.Request) -> web.StreamResponse:
     request.app[METRICS].logins.labels("success").inc()
     response = web.HTTPFound(nxt or landing(user))
     await _start_session(request, response, updated, mfa_pending=False)
-    return response
+    raise response
 
 
 @routes.post("/logout")
@@ -251,7 +248,7 @@ async def logout(request: web.Request) -> web.StreamResponse:
         if user is not None:
             await request.app[CLINIC].audit(Actor.of(user, source_address(request)), "logout")
     response.del_cookie(sessions.COOKIE, path="/")
-    return response
+    raise response
 
 
 @routes.get(ENROL_PATH)

@@ -20,7 +20,13 @@ from aiohttp import web
 from telemed import sessions
 from telemed.accounts import User
 from telemed.clinic import Actor
-from telemed.errors import Forbidden, NotFound, StoreUnavailable, ValidationError
+from telemed.errors import (
+    Forbidden,
+    NotFound,
+    StoreUnavailable,
+    Unauthenticated,
+    ValidationError,
+)
 from telemed.sessions import Session
 from telemed.tokens import token_hash
 from telemed.web.keys import CLOCK, METRICS, SESSION_POLICY, SETTINGS, STORE
@@ -106,6 +112,11 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         except ValidationError as exc:
             status = 400
             return error_response(request, 400, str(exc))
+        except Unauthenticated as exc:
+            status = 401
+            response = error_response(request, 401, str(exc))
+            response.headers["WWW-Authenticate"] = 'Bearer realm="telemed"'
+            return response
         except Forbidden as exc:
             status = 403
             return error_response(request, 403, str(exc) or "Not allowed.")
@@ -147,7 +158,7 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
         token = await store.find_token(token_hash(bearer))
         user = await store.get_user(token.user_id) if token and token.active else None
         if user is None or not user.active:
-            return error_response(request, 401, "The bearer token is unknown or revoked.")
+            raise Unauthenticated("The bearer token is unknown or revoked.")
         request[USER] = user
         request[VIA_TOKEN] = True
         return await handler(request)

@@ -1,0 +1,496 @@
+"""The production store: MongoDB through PyMongo's async API (`AsyncMongoClient`).
+
+One document per domain value, keyed by `_id` where the value has a natural key (user,
+patient and token ids, session and throttle keys, setting keys, audit sequence numbers).
+Writes wait for a majority of the replica set and are retried once on a transient
+error. Datetimes are BSON dates: UTC, to the millisecond, as the domain keeps them.
+Indexes are created at open; creating an index that already exists is a no-op.
+
+The audit log needs no transaction: an entry's `_id` is its sequence number (repeated as
+`seq` for the per-patient index), so of two writers, in any processes, that read the
+same head only one can insert the next entry; the other gets a duplicate key, reads the
+new head and seals again. Nothing in MongoDB itself forbids updating or deleting an
+entry: give the server's database user only the `find` and `insert` actions on
+`audit_log` (a custom role) to make the log append-only there too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncGenerator, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, date, datetime
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from telemed.accounts import Patient, Role, User
+from telemed.audit import AuditEvent, AuditRecord, Outcome, seal
+from telemed.errors import Conflict, NotFound, StoreUnavailable
+from telemed.sessions import Session
+from telemed.throttle import Throttle
+from telemed.tokens import ApiToken
+
+log = logging.getLogger(__name__)
+
+Document = dict[str, Any]
+
+SERVER_SELECTION_TIMEOUT_MS = 5_000
+AUDIT_APPEND_ATTEMPTS = 64  # each lost race means another writer's entry went in
+AUDIT_PAGE = 500
+
+USERS = "users"
+PATIENTS = "patients"
+CARE_TEAM_MEMBERS = "care_team_members"
+API_TOKENS = "api_tokens"
+SESSIONS = "sessions"
+LOGIN_THROTTLE = "login_throttle"
+CLINIC_SETTINGS = "clinic_settings"
+AUDIT_LOG = "audit_log"
+
+# Only indexes that serve a query or guard a rule. The lists ordered by name (users,
+# patients) or creation (tokens) are clinic-sized and sorted by the server in memory.
+INDEXES: dict[str, list[IndexModel]] = {
+    USERS: [
+        IndexModel([("email", ASCENDING)], name="email_unique", unique=True),
+    ],
+    CARE_TEAM_MEMBERS: [
+        IndexModel(
+            [("patient_id", ASCENDING), ("clinician_id", ASCENDING)],
+            name="patient_clinician_unique",
+            unique=True,
+        ),
+        IndexModel([("clinician_id", ASCENDING)], name="by_clinician"),
+    ],
+    API_TOKENS: [
+        IndexModel([("token_hash", ASCENDING)], name="token_hash_unique", unique=True),
+        IndexModel([("user_id", ASCENDING)], name="by_user"),
+    ],
+    SESSIONS: [
+        IndexModel([("user_id", ASCENDING)], name="by_user"),
+    ],
+    AUDIT_LOG: [
+        # `seq` repeats `_id` so that the per-patient index can end with it
+        IndexModel([("seq", ASCENDING)], name="seq_unique", unique=True),
+        IndexModel([("patient_id", ASCENDING), ("seq", ASCENDING)], name="by_patient_seq"),
+    ],
+}
+
+
+@contextmanager
+def _translated(what: str) -> Iterator[None]:
+    """Turn driver errors into the domain's: a duplicate key is a `Conflict`."""
+    try:
+        yield
+    except DuplicateKeyError as exc:
+        raise Conflict(f"{what}: {_duplicate_fields(exc)} already taken") from exc
+    except PyMongoError as exc:
+        raise StoreUnavailable(f"{what}: {exc}") from exc
+
+
+def _duplicate_fields(exc: DuplicateKeyError) -> str:
+    """The fields of the violated unique index, never their values (they may be PII)."""
+    details = exc.details or {}
+    pattern = details.get("keyPattern")
+    if isinstance(pattern, Mapping) and pattern:
+        return "+".join("id" if key == "_id" else str(key) for key in pattern)
+    return "a unique key"
+
+
+def _dt(value: Any) -> datetime:
+    if not isinstance(value, datetime):
+        raise StoreUnavailable(f"expected a stored date, found {type(value).__name__}")
+    return value.astimezone(UTC)
+
+
+def _dt_or_none(value: Any) -> datetime | None:
+    return None if value is None else _dt(value)
+
+
+class MongoStore:
+    kind = "mongodb"
+
+    def __init__(self, client: AsyncMongoClient[Document], database: str) -> None:
+        self._client = client
+        self._db: AsyncDatabase[Document] = client[database]
+        self._users: AsyncCollection[Document] = self._db[USERS]
+        self._patients: AsyncCollection[Document] = self._db[PATIENTS]
+        self._care_teams: AsyncCollection[Document] = self._db[CARE_TEAM_MEMBERS]
+        self._tokens: AsyncCollection[Document] = self._db[API_TOKENS]
+        self._sessions: AsyncCollection[Document] = self._db[SESSIONS]
+        self._throttle: AsyncCollection[Document] = self._db[LOGIN_THROTTLE]
+        self._settings: AsyncCollection[Document] = self._db[CLINIC_SETTINGS]
+        self._audit: AsyncCollection[Document] = self._db[AUDIT_LOG]
+        self._closed = False
+
+    @contextmanager
+    def _op(self, what: str) -> Iterator[None]:
+        """One driver call: refused once closed (the driver would silently reconnect)."""
+        if self._closed:
+            raise StoreUnavailable(f"{what}: the MongoDB store is closed")
+        with _translated(what):
+            yield
+
+    @classmethod
+    async def open(cls, url: str, database: str) -> MongoStore:
+        if not database:
+            raise StoreUnavailable("store.database: a MongoDB database name is required")
+        try:
+            client: AsyncMongoClient[Document] = AsyncMongoClient(
+                url,
+                tz_aware=True,
+                tzinfo=UTC,
+                retryWrites=True,
+                w="majority",
+                serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS,
+                appname="telemed",
+            )
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"store.url is not a usable MongoDB URL: {exc}") from exc
+        store = cls(client, database)
+        try:
+            await store.ping()
+            await store._create_indexes()
+        except BaseException:
+            await client.close()
+            raise
+        return store
+
+    async def _create_indexes(self) -> None:
+        with self._op("creating indexes"):
+            for name, indexes in INDEXES.items():
+                await self._db[name].create_indexes(indexes)
+
+    async def close(self) -> None:
+        self._closed = True
+        await self._client.close()
+
+    async def ping(self) -> None:
+        with self._op("ping"):
+            await self._client.admin.command("ping")
+
+    async def is_empty(self) -> bool:
+        with self._op("is_empty"):
+            return await self._users.find_one({}, {"_id": 1}) is None
+
+    # users ------------------------------------------------------------------
+    @staticmethod
+    def _user_doc(user: User) -> Document:
+        return {
+            "_id": user.id,
+            "email": user.email,
+            "name": user.name,
+            "role": user.role.value,
+            "password_hash": user.password_hash,
+            "created_at": user.created_at,
+            "active": user.active,
+            "totp_secret": user.totp_secret,
+            "totp_last_step": user.totp_last_step,
+            "recovery_codes": list(user.recovery_codes),
+        }
+
+    @staticmethod
+    def _user(doc: Document) -> User:
+        return User(
+            id=doc["_id"],
+            email=doc["email"],
+            name=doc["name"],
+            role=Role(doc["role"]),
+            password_hash=doc["password_hash"],
+            created_at=_dt(doc["created_at"]),
+            active=bool(doc["active"]),
+            totp_secret=doc["totp_secret"],
+            totp_last_step=int(doc["totp_last_step"]),
+            recovery_codes=tuple(doc["recovery_codes"]),
+        )
+
+    async def add_user(self, user: User) -> None:
+        with self._op(f"user {user.id}"):
+            await self._users.insert_one(self._user_doc(user))
+
+    async def get_user(self, user_id: str) -> User | None:
+        with self._op(f"user {user_id}"):
+            doc = await self._users.find_one({"_id": user_id})
+        return self._user(doc) if doc else None
+
+    async def find_user_by_email(self, email: str) -> User | None:
+        with self._op("user by e-mail"):
+            doc = await self._users.find_one({"email": email})
+        return self._user(doc) if doc else None
+
+    async def list_users(self, role: Role | None = None) -> list[User]:
+        query: Document = {} if role is None else {"role": role.value}
+        with self._op("users"):
+            cursor = self._users.find(query, sort=[("name", ASCENDING), ("_id", ASCENDING)])
+            docs = await cursor.to_list()
+        return [self._user(d) for d in docs]
+
+    async def update_user(self, user: User) -> None:
+        with self._op(f"user {user.id}"):
+            result = await self._users.replace_one({"_id": user.id}, self._user_doc(user))
+        if not result.matched_count:
+            raise NotFound(f"user {user.id}")
+
+    # patients ---------------------------------------------------------------
+    @staticmethod
+    def _patient(doc: Document) -> Patient:
+        birth = doc["birth_date"]
+        return Patient(
+            id=doc["_id"],
+            name=doc["name"],
+            birth_date=date.fromisoformat(birth) if birth else None,
+            language=doc["language"],
+            created_at=_dt(doc["created_at"]),
+        )
+
+    async def add_patient(self, patient: Patient) -> None:
+        doc: Document = {
+            "_id": patient.id,
+            "name": patient.name,
+            # BSON has no calendar date; ISO 8601 keeps it exact and sortable
+            "birth_date": patient.birth_date.isoformat() if patient.birth_date else None,
+            "language": patient.language,
+            "created_at": patient.created_at,
+        }
+        with self._op(f"patient {patient.id}"):
+            await self._patients.insert_one(doc)
+
+    async def get_patient(self, patient_id: str) -> Patient | None:
+        with self._op(f"patient {patient_id}"):
+            doc = await self._patients.find_one({"_id": patient_id})
+        return self._patient(doc) if doc else None
+
+    async def list_patients(self, ids: list[str] | None = None) -> list[Patient]:
+        if ids is not None and not ids:
+            return []
+        query: Document = {} if ids is None else {"_id": {"$in": list(ids)}}
+        with self._op("patients"):
+            cursor = self._patients.find(query, sort=[("name", ASCENDING), ("_id", ASCENDING)])
+            docs = await cursor.to_list()
+        return [self._patient(d) for d in docs]
+
+    # care teams -------------------------------------------------------------
+    async def add_care_team_member(self, patient_id: str, clinician_id: str) -> bool:
+        try:
+            with self._op(f"care team of patient {patient_id}"):
+                await self._care_teams.insert_one(
+                    {"patient_id": patient_id, "clinician_id": clinician_id}
+                )
+        except Conflict:
+            return False
+        return True
+
+    async def remove_care_team_member(self, patient_id: str, clinician_id: str) -> bool:
+        with self._op(f"care team of patient {patient_id}"):
+            result = await self._care_teams.delete_one(
+                {"patient_id": patient_id, "clinician_id": clinician_id}
+            )
+        return bool(result.deleted_count)
+
+    async def care_team(self, patient_id: str) -> frozenset[str]:
+        with self._op(f"care team of patient {patient_id}"):
+            cursor = self._care_teams.find({"patient_id": patient_id}, {"clinician_id": 1})
+            docs = await cursor.to_list()
+        return frozenset(d["clinician_id"] for d in docs)
+
+    async def patients_of(self, clinician_id: str) -> frozenset[str]:
+        with self._op(f"patients of clinician {clinician_id}"):
+            cursor = self._care_teams.find({"clinician_id": clinician_id}, {"patient_id": 1})
+            docs = await cursor.to_list()
+        return frozenset(d["patient_id"] for d in docs)
+
+    # API tokens -------------------------------------------------------------
+    @staticmethod
+    def _token(doc: Document) -> ApiToken:
+        return ApiToken(
+            id=doc["_id"],
+            user_id=doc["user_id"],
+            name=doc["name"],
+            token_hash=doc["token_hash"],
+            created_at=_dt(doc["created_at"]),
+            revoked_at=_dt_or_none(doc.get("revoked_at")),
+        )
+
+    async def add_token(self, token: ApiToken) -> None:
+        doc: Document = {
+            "_id": token.id,
+            "user_id": token.user_id,
+            "name": token.name,
+            "token_hash": token.token_hash,
+            "created_at": token.created_at,
+            "revoked_at": token.revoked_at,
+        }
+        with self._op(f"API token {token.id}"):
+            await self._tokens.insert_one(doc)
+
+    async def get_token(self, token_id: str) -> ApiToken | None:
+        with self._op(f"API token {token_id}"):
+            doc = await self._tokens.find_one({"_id": token_id})
+        return self._token(doc) if doc else None
+
+    async def find_token(self, token_hash: str) -> ApiToken | None:
+        with self._op("API token by hash"):
+            doc = await self._tokens.find_one({"token_hash": token_hash})
+        return self._token(doc) if doc else None
+
+    async def list_tokens(self, user_id: str | None = None) -> list[ApiToken]:
+        query: Document = {} if user_id is None else {"user_id": user_id}
+        with self._op("API tokens"):
+            cursor = self._tokens.find(query, sort=[("created_at", ASCENDING), ("_id", ASCENDING)])
+            docs = await cursor.to_list()
+        return [self._token(d) for d in docs]
+
+    async def revoke_token(self, token_id: str, at: datetime) -> bool:
+        with self._op(f"API token {token_id}"):
+            result = await self._tokens.update_one(
+                {"_id": token_id, "revoked_at": None}, {"$set": {"revoked_at": at}}
+            )
+        return bool(result.modified_count)
+
+    # sessions ---------------------------------------------------------------
+    @staticmethod
+    def _session(doc: Document) -> Session:
+        return Session(
+            key=doc["_id"],
+            user_id=doc["user_id"],
+            created_at=_dt(doc["created_at"]),
+            last_seen_at=_dt(doc["last_seen_at"]),
+            csrf_token=doc["csrf_token"],
+            mfa_pending=bool(doc["mfa_pending"]),
+            source=doc["source"],
+        )
+
+    async def put_session(self, session: Session) -> None:
+        doc: Document = {
+            "_id": session.key,
+            "user_id": session.user_id,
+            "created_at": session.created_at,
+            "last_seen_at": session.last_seen_at,
+            "csrf_token": session.csrf_token,
+            "mfa_pending": session.mfa_pending,
+            "source": session.source,
+        }
+        with self._op("session"):
+            await self._sessions.replace_one({"_id": session.key}, doc, upsert=True)
+
+    async def get_session(self, key: str) -> Session | None:
+        with self._op("session"):
+            doc = await self._sessions.find_one({"_id": key})
+        return self._session(doc) if doc else None
+
+    async def delete_session(self, key: str) -> None:
+        with self._op("session"):
+            await self._sessions.delete_one({"_id": key})
+
+    async def delete_user_sessions(self, user_id: str) -> int:
+        with self._op(f"sessions of user {user_id}"):
+            result = await self._sessions.delete_many({"user_id": user_id})
+        return result.deleted_count
+
+    # login throttling -------------------------------------------------------
+    async def get_throttle(self, key: str) -> Throttle | None:
+        with self._op("login throttle"):
+            doc = await self._throttle.find_one({"_id": key})
+        if doc is None:
+            return None
+        return Throttle(doc["_id"], int(doc["failures"]), _dt(doc["last_failure_at"]))
+
+    async def put_throttle(self, throttle: Throttle) -> None:
+        doc: Document = {
+            "_id": throttle.key,
+            "failures": throttle.failures,
+            "last_failure_at": throttle.last_failure_at,
+        }
+        with self._op("login throttle"):
+            await self._throttle.replace_one({"_id": throttle.key}, doc, upsert=True)
+
+    async def delete_throttle(self, key: str) -> None:
+        with self._op("login throttle"):
+            await self._throttle.delete_one({"_id": key})
+
+    # clinic settings --------------------------------------------------------
+    async def get_setting(self, key: str) -> str | None:
+        with self._op(f"setting {key}"):
+            doc = await self._settings.find_one({"_id": key})
+        return None if doc is None else str(doc["value"])
+
+    async def put_setting(self, key: str, value: str) -> None:
+        with self._op(f"setting {key}"):
+            await self._settings.replace_one(
+                {"_id": key}, {"_id": key, "value": value}, upsert=True
+            )
+
+    # audit log --------------------------------------------------------------
+    @staticmethod
+    def _audit_doc(record: AuditRecord) -> Document:
+        e = record.event
+        return {
+            "_id": record.seq,
+            "seq": record.seq,
+            "at": e.at,
+            "actor_id": e.actor_id,
+            "actor_role": e.actor_role,
+            "action": e.action,
+            "outcome": e.outcome.value,
+            "source": e.source,
+            "patient_id": e.patient_id,
+            "entity": e.entity,
+            "detail": e.detail,
+            "prev_hash": record.prev_hash,
+            "hash": record.hash,
+        }
+
+    @staticmethod
+    def _audit_record(doc: Document) -> AuditRecord:
+        event = AuditEvent(
+            at=_dt(doc["at"]),
+            actor_id=doc["actor_id"],
+            actor_role=doc["actor_role"],
+            action=doc["action"],
+            outcome=Outcome(doc["outcome"]),
+            source=doc["source"],
+            patient_id=doc["patient_id"],
+            entity=doc["entity"],
+            detail=doc["detail"],
+        )
+        return AuditRecord(int(doc["seq"]), event, doc["prev_hash"], doc["hash"])
+
+    async def append_audit(self, event: AuditEvent) -> AuditRecord:
+        for attempt in range(AUDIT_APPEND_ATTEMPTS):
+            with self._op("audit append"):
+                head = await self._audit.find_one({}, sort=[("seq", DESCENDING)])
+            record = seal(event, self._audit_record(head) if head else None)
+            try:
+                with self._op("audit append"):
+                    await self._audit.insert_one(self._audit_doc(record))
+            except Conflict:
+                # another writer took this sequence number first: seal after its entry
+                await asyncio.sleep(random.uniform(0, min(0.001 * 2**attempt, 0.05)))
+                continue
+            return record
+        log.warning("audit append lost the race %d times in a row", AUDIT_APPEND_ATTEMPTS)
+        raise StoreUnavailable(
+            f"audit append: lost the race for the next entry {AUDIT_APPEND_ATTEMPTS} times"
+        )
+
+    async def audit_records(
+        self, *, patient_id: str | None = None, limit: int | None = None
+    ) -> AsyncGenerator[AuditRecord, None]:
+        if limit is not None and limit <= 0:
+            return  # a MongoDB limit of 0 would mean "no limit"
+        query: Document = {} if patient_id is None else {"patient_id": patient_id}
+        cursor = self._audit.find(
+            query, sort=[("seq", ASCENDING)], limit=limit or 0, batch_size=AUDIT_PAGE
+        )
+        async with cursor:
+            while True:
+                with self._op("audit records"):
+                    doc = await anext(cursor, None)
+                if doc is None:
+                    return
+                yield self._audit_record(doc)

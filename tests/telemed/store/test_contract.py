@@ -1,0 +1,629 @@
+"""The store contract: what every adapter must do, run against each one (see conftest)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from datetime import UTC, date, datetime, timedelta, timezone
+
+import pytest
+
+from telemed.accounts import Patient, Role, User
+from telemed.audit import GENESIS, AuditEvent, AuditRecord, Outcome, averify, entry_hash
+from telemed.errors import Conflict, NotFound, StoreUnavailable
+from telemed.sessions import Session
+from telemed.store import Store
+from telemed.store.mongo import MongoStore
+from telemed.throttle import Throttle
+from telemed.tokens import ApiToken
+
+from .conftest import NX, SQLITE, Backend, free_port
+
+T0 = datetime(2026, 3, 1, 9, 30, 15, 123000, tzinfo=UTC)
+
+# Where nx-27017 departs from MongoDB's documented behaviour (the case is skipped there).
+NX_SET_DATE = (
+    "nx-27017 stores a date given to $set as a naive string ('2026-03-01 09:31:15.123000'); "
+    "MongoDB's $set stores the BSON date it is given"
+)
+
+
+def skip_on_nx(backend: Backend, reason: str) -> None:
+    if backend.name == NX:
+        pytest.skip(reason)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def user(
+    id: str, *, email: str | None = None, name: str = "Ana Silva", role: Role = Role.DOCTOR
+) -> User:
+    return User(
+        id=id,
+        email=email or f"{id}@clinic.example",
+        name=name,
+        role=role,
+        password_hash="$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA",
+        created_at=T0,
+    )
+
+
+def patient(id: str, *, name: str = "Rui Costa", birth: date | None = None) -> Patient:
+    return Patient(id=id, name=name, birth_date=birth, language="pt", created_at=T0)
+
+
+def token(id: str, *, user_id: str = "u1", created: datetime = T0) -> ApiToken:
+    return ApiToken(
+        id=id,
+        user_id=user_id,
+        name=f"integration {id}",
+        token_hash=f"hash-{id}",
+        created_at=created,
+    )
+
+
+def session(key: str, *, user_id: str = "u1") -> Session:
+    return Session(
+        key=key,
+        user_id=user_id,
+        created_at=T0,
+        last_seen_at=at(30),
+        csrf_token=f"csrf-{key}",
+        mfa_pending=True,
+        source="203.0.113.7",
+    )
+
+
+def event(n: int = 0, *, patient_id: str = "", outcome: Outcome = Outcome.SUCCESS) -> AuditEvent:
+    return AuditEvent(
+        at=at(n),
+        actor_id="u1",
+        actor_role="doctor",
+        action="patient.read",
+        outcome=outcome,
+        source="203.0.113.7",
+        patient_id=patient_id,
+        entity=f"Patient/{patient_id}" if patient_id else "",
+        detail=f'entry {n}: «ação» "quoted"',
+    )
+
+
+def records_of(
+    store: Store, *, patient_id: str | None = None, limit: int | None = None
+) -> AsyncGenerator[AuditRecord, None]:
+    """`audit_records`, as the async generator both adapters return (so it can be closed)."""
+    return store.audit_records(patient_id=patient_id, limit=limit)
+
+
+async def all_records(
+    store: Store, *, patient_id: str | None = None, limit: int | None = None
+) -> list[AuditRecord]:
+    async with aclosing(records_of(store, patient_id=patient_id, limit=limit)) as records:
+        return [record async for record in records]
+
+
+# lifecycle --------------------------------------------------------------------
+
+
+async def test_ping_answers(store: Store) -> None:
+    await store.ping()
+
+
+async def test_kind_names_the_adapter(backend: Backend, store: Store) -> None:
+    assert store.kind == ("sqlite" if backend.name == SQLITE else "mongodb")
+
+
+async def test_is_empty_until_the_first_user(store: Store) -> None:
+    assert await store.is_empty()
+    await store.add_patient(patient("p1"))
+    await store.put_setting("clinic.name", "Posto de Saúde")
+    assert await store.is_empty()
+    await store.add_user(user("u1"))
+    assert not await store.is_empty()
+
+
+async def test_a_closed_store_is_unavailable(backend: Backend) -> None:
+    store = await backend.open()
+    await backend.close(store)
+    with pytest.raises(StoreUnavailable):
+        await store.ping()
+
+
+async def test_data_outlives_the_store_that_wrote_it(backend: Backend) -> None:
+    first = await backend.open()
+    await first.add_user(user("u1"))
+    await first.append_audit(event(1))
+    await backend.close(first)
+    second = await backend.open()
+    assert await second.get_user("u1") == user("u1")
+    assert [r.seq for r in await all_records(second)] == [1]
+
+
+@pytest.mark.mongo
+# PyMongo's async server monitor does not close the socket of a refused connection
+# attempt; it is reported when collected. The leak is the driver's, not the adapter's.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_an_unreachable_mongodb_is_unavailable() -> None:
+    url = f"mongodb://127.0.0.1:{free_port()}/"  # nobody listens there
+    with pytest.raises(StoreUnavailable):
+        await MongoStore.open(url, "telemed_unreachable")
+
+
+# users ------------------------------------------------------------------------
+
+
+async def test_add_and_get_user_keeps_every_field(store: Store) -> None:
+    alice = dataclasses.replace(
+        user("u1", name="Alice Ñúñez 医生", role=Role.NURSE),
+        active=False,
+        totp_secret="JBSWY3DPEHPK3PXP",
+        totp_last_step=59_012_345,
+        recovery_codes=("a" * 64, "b" * 64),
+    )
+    await store.add_user(alice)
+    assert await store.get_user("u1") == alice
+
+
+async def test_get_unknown_user_is_none(store: Store) -> None:
+    await store.add_user(user("u1"))
+    assert await store.get_user("u2") is None
+
+
+async def test_find_user_by_email(store: Store) -> None:
+    await store.add_user(user("u1", email="ana@clinic.example"))
+    await store.add_user(user("u2", email="rui@clinic.example"))
+    assert await store.find_user_by_email("rui@clinic.example") == user(
+        "u2", email="rui@clinic.example"
+    )
+    assert await store.find_user_by_email("nobody@clinic.example") is None
+
+
+async def test_list_users_by_name_then_id_and_by_role(store: Store) -> None:
+    await store.add_user(user("u3", name="Bea", role=Role.NURSE))
+    await store.add_user(user("u2", name="Ana", role=Role.DOCTOR))
+    await store.add_user(user("u1", name="Bea", role=Role.DOCTOR))
+    await store.add_user(user("u4", name="Ana", role=Role.ADMIN))
+    assert [u.id for u in await store.list_users()] == ["u2", "u4", "u1", "u3"]
+    assert [u.id for u in await store.list_users(Role.DOCTOR)] == ["u2", "u1"]
+    assert [u.id for u in await store.list_users(Role.NURSE)] == ["u3"]
+    assert await store.list_users(Role.PATIENT) == []
+
+
+async def test_list_users_of_an_empty_store(store: Store) -> None:
+    assert await store.list_users() == []
+
+
+async def test_add_user_with_a_taken_email_conflicts(store: Store) -> None:
+    await store.add_user(user("u1", email="ana@clinic.example"))
+    with pytest.raises(Conflict):
+        await store.add_user(user("u2", email="ana@clinic.example"))
+    assert await store.get_user("u2") is None
+    assert [u.id for u in await store.list_users()] == ["u1"]
+
+
+async def test_add_user_with_a_taken_id_conflicts(store: Store) -> None:
+    await store.add_user(user("u1", email="ana@clinic.example"))
+    with pytest.raises(Conflict):
+        await store.add_user(user("u1", email="other@clinic.example"))
+    assert await store.get_user("u1") == user("u1", email="ana@clinic.example")
+
+
+async def test_update_user_replaces_every_field(store: Store) -> None:
+    await store.add_user(user("u1", email="ana@clinic.example"))
+    await store.add_user(user("u2"))
+    changed = dataclasses.replace(
+        user("u1", email="ana.silva@clinic.example", name="Ana S. Silva", role=Role.ADMIN),
+        password_hash="",
+        created_at=at(-86_400),
+        active=False,
+        totp_secret="JBSWY3DPEHPK3PXP",
+        totp_last_step=7,
+        recovery_codes=("c" * 64,),
+    )
+    await store.update_user(changed)
+    assert await store.get_user("u1") == changed
+    assert await store.find_user_by_email("ana.silva@clinic.example") == changed
+    assert await store.find_user_by_email("ana@clinic.example") is None
+    assert await store.get_user("u2") == user("u2")
+
+
+async def test_update_user_to_a_taken_email_conflicts(store: Store) -> None:
+    await store.add_user(user("u1", email="ana@clinic.example"))
+    await store.add_user(user("u2", email="rui@clinic.example"))
+    with pytest.raises(Conflict):
+        await store.update_user(user("u2", email="ana@clinic.example"))
+    assert await store.get_user("u2") == user("u2", email="rui@clinic.example")
+
+
+async def test_update_unknown_user_is_not_found(store: Store) -> None:
+    await store.add_user(user("u1"))
+    with pytest.raises(NotFound):
+        await store.update_user(user("u2"))
+    assert await store.get_user("u2") is None
+
+
+# patients ---------------------------------------------------------------------
+
+
+async def test_add_and_get_patient(store: Store) -> None:
+    born = patient("p1", name="Maria José", birth=date(1931, 2, 28))
+    unknown_birth = patient("p2", birth=None)
+    await store.add_patient(born)
+    await store.add_patient(unknown_birth)
+    assert await store.get_patient("p1") == born
+    assert await store.get_patient("p2") == unknown_birth
+    assert await store.get_patient("p3") is None
+
+
+async def test_add_patient_with_a_taken_id_conflicts(store: Store) -> None:
+    await store.add_patient(patient("p1", name="First"))
+    with pytest.raises(Conflict):
+        await store.add_patient(patient("p1", name="Second"))
+    assert await store.get_patient("p1") == patient("p1", name="First")
+
+
+async def test_list_patients_by_name_then_id(store: Store) -> None:
+    await store.add_patient(patient("p3", name="Zé"))
+    await store.add_patient(patient("p2", name="Ana"))
+    await store.add_patient(patient("p1", name="Zé"))
+    assert [p.id for p in await store.list_patients()] == ["p2", "p1", "p3"]
+
+
+async def test_list_patients_with_ids(store: Store) -> None:
+    for pid, name in [("p1", "Carla"), ("p2", "Bruno"), ("p3", "Alice")]:
+        await store.add_patient(patient(pid, name=name))
+    assert [p.id for p in await store.list_patients(["p1", "p3", "unknown"])] == ["p3", "p1"]
+    assert [p.id for p in await store.list_patients(["p2"])] == ["p2"]
+    assert await store.list_patients([]) == []
+    assert await store.list_patients(["unknown"]) == []
+
+
+# care teams -------------------------------------------------------------------
+
+
+async def test_add_care_team_member_once(store: Store) -> None:
+    assert await store.add_care_team_member("p1", "c1")
+    assert not await store.add_care_team_member("p1", "c1")
+    assert await store.care_team("p1") == frozenset({"c1"})
+
+
+async def test_care_teams_both_ways(store: Store) -> None:
+    for pid, cid in [("p1", "c1"), ("p1", "c2"), ("p2", "c1"), ("p3", "c3")]:
+        assert await store.add_care_team_member(pid, cid)
+    assert await store.care_team("p1") == frozenset({"c1", "c2"})
+    assert await store.care_team("p2") == frozenset({"c1"})
+    assert await store.care_team("p9") == frozenset()
+    assert await store.patients_of("c1") == frozenset({"p1", "p2"})
+    assert await store.patients_of("c3") == frozenset({"p3"})
+    assert await store.patients_of("c9") == frozenset()
+
+
+async def test_remove_care_team_member(store: Store) -> None:
+    await store.add_care_team_member("p1", "c1")
+    await store.add_care_team_member("p1", "c2")
+    await store.add_care_team_member("p2", "c1")
+    assert await store.remove_care_team_member("p1", "c1")
+    assert not await store.remove_care_team_member("p1", "c1")
+    assert not await store.remove_care_team_member("p9", "c9")
+    assert await store.care_team("p1") == frozenset({"c2"})
+    assert await store.patients_of("c1") == frozenset({"p2"})
+    assert await store.add_care_team_member("p1", "c1")  # may join again
+
+
+# API tokens -------------------------------------------------------------------
+
+
+async def test_add_get_and_find_token(store: Store) -> None:
+    t = token("t1")
+    await store.add_token(t)
+    assert await store.get_token("t1") == t
+    assert await store.find_token("hash-t1") == t
+    assert await store.get_token("t2") is None
+    assert await store.find_token("hash-t2") is None
+
+
+async def test_add_token_with_a_taken_hash_conflicts(store: Store) -> None:
+    await store.add_token(token("t1"))
+    with pytest.raises(Conflict):
+        await store.add_token(dataclasses.replace(token("t2"), token_hash="hash-t1"))
+    assert await store.get_token("t2") is None
+
+
+async def test_list_tokens_by_creation_then_id(store: Store) -> None:
+    await store.add_token(token("t3", user_id="u1", created=at(10)))
+    await store.add_token(token("t2", user_id="u2", created=at(5)))
+    await store.add_token(token("t1", user_id="u1", created=at(10)))
+    await store.add_token(token("t4", user_id="u1", created=at(-3600)))
+    assert [t.id for t in await store.list_tokens()] == ["t4", "t2", "t1", "t3"]
+    assert [t.id for t in await store.list_tokens("u1")] == ["t4", "t1", "t3"]
+    assert [t.id for t in await store.list_tokens("u9")] == []
+
+
+async def test_revoke_token_once(store: Store) -> None:
+    await store.add_token(token("t1"))
+    await store.add_token(token("t2"))
+    assert await store.revoke_token("t1", at(60))
+    assert not await store.revoke_token("t1", at(120))
+    assert await store.revoke_token("t2", at(60))
+
+
+async def test_revoked_token_keeps_its_revocation_time(backend: Backend, store: Store) -> None:
+    skip_on_nx(backend, NX_SET_DATE)
+    await store.add_token(token("t1"))
+    await store.add_token(token("t2"))
+    await store.revoke_token("t1", at(60))
+    await store.revoke_token("t1", at(120))
+    revoked = await store.get_token("t1")
+    assert revoked is not None
+    assert revoked.revoked_at == at(60)
+    assert not revoked.active
+    assert await store.find_token("hash-t1") == revoked
+    assert await store.list_tokens("u1") == [revoked, token("t2")]
+    still = await store.get_token("t2")
+    assert still is not None
+    assert still.active
+
+
+async def test_revoke_unknown_token_is_false(store: Store) -> None:
+    assert not await store.revoke_token("t9", at(60))
+    assert await store.get_token("t9") is None
+
+
+async def test_revoke_a_token_stored_revoked_is_false(store: Store) -> None:
+    await store.add_token(dataclasses.replace(token("t1"), revoked_at=at(1)))
+    assert not await store.revoke_token("t1", at(60))
+    stored = await store.get_token("t1")
+    assert stored is not None
+    assert stored.revoked_at == at(1)
+
+
+# sessions ---------------------------------------------------------------------
+
+
+async def test_put_and_get_session(store: Store) -> None:
+    s = session("k1")
+    await store.put_session(s)
+    assert await store.get_session("k1") == s
+    assert await store.get_session("k2") is None
+
+
+async def test_put_session_replaces_by_key(store: Store) -> None:
+    await store.put_session(session("k1"))
+    replaced = dataclasses.replace(
+        session("k1", user_id="u2"), last_seen_at=at(600), mfa_pending=False, source="::1"
+    )
+    await store.put_session(replaced)
+    assert await store.get_session("k1") == replaced
+    assert await store.delete_user_sessions("u1") == 0
+
+
+async def test_delete_session(store: Store) -> None:
+    await store.put_session(session("k1"))
+    await store.put_session(session("k2"))
+    await store.delete_session("k1")
+    await store.delete_session("k1")  # already gone: no error
+    assert await store.get_session("k1") is None
+    assert await store.get_session("k2") == session("k2")
+
+
+async def test_delete_user_sessions_counts(store: Store) -> None:
+    for key, uid in [("k1", "u1"), ("k2", "u1"), ("k3", "u2"), ("k4", "u1")]:
+        await store.put_session(session(key, user_id=uid))
+    assert await store.delete_user_sessions("u1") == 3
+    assert await store.delete_user_sessions("u1") == 0
+    assert await store.get_session("k1") is None
+    assert await store.get_session("k3") == session("k3", user_id="u2")
+
+
+# login throttling -------------------------------------------------------------
+
+
+async def test_throttle_put_get_delete(store: Store) -> None:
+    key = "account:ana@clinic.example"
+    assert await store.get_throttle(key) is None
+    await store.put_throttle(Throttle(key, 1, at(1)))
+    await store.put_throttle(Throttle("address:203.0.113.7", 7, at(2)))
+    assert await store.get_throttle(key) == Throttle(key, 1, at(1))
+    await store.put_throttle(Throttle(key, 2, at(5)))
+    assert await store.get_throttle(key) == Throttle(key, 2, at(5))
+    await store.delete_throttle(key)
+    await store.delete_throttle(key)  # already gone: no error
+    assert await store.get_throttle(key) is None
+    assert await store.get_throttle("address:203.0.113.7") == Throttle(
+        "address:203.0.113.7", 7, at(2)
+    )
+
+
+# clinic settings --------------------------------------------------------------
+
+
+async def test_settings(store: Store) -> None:
+    assert await store.get_setting("clinic.name") is None
+    await store.put_setting("clinic.name", "Posto de Saúde")
+    await store.put_setting("clinic.motd", "")
+    assert await store.get_setting("clinic.name") == "Posto de Saúde"
+    assert await store.get_setting("clinic.motd") == ""
+    await store.put_setting("clinic.name", "Centro de Saúde")
+    assert await store.get_setting("clinic.name") == "Centro de Saúde"
+    assert await store.get_setting("clinic.other") is None
+
+
+# audit log --------------------------------------------------------------------
+
+
+async def test_append_audit_chains_from_one(store: Store) -> None:
+    appended = [await store.append_audit(event(n, patient_id="p1")) for n in range(1, 4)]
+    assert [r.seq for r in appended] == [1, 2, 3]
+    assert appended[0].prev_hash == GENESIS
+    assert appended[1].prev_hash == appended[0].hash
+    assert appended[2].prev_hash == appended[1].hash
+    for r in appended:
+        assert r.hash == entry_hash(r.seq, r.event, r.prev_hash)
+    assert [r.event for r in appended] == [event(n, patient_id="p1") for n in range(1, 4)]
+    assert await all_records(store) == appended
+    verdict = await averify(store.audit_records())
+    assert verdict.ok
+    assert (verdict.count, verdict.head_seq, verdict.head_hash) == (3, 3, appended[2].hash)
+
+
+async def test_audit_of_an_empty_log(store: Store) -> None:
+    assert await all_records(store) == []
+    assert await all_records(store, patient_id="p1") == []
+    verdict = await averify(store.audit_records())
+    assert (verdict.ok, verdict.count, verdict.head_seq) == (True, 0, 0)
+
+
+async def test_audit_keeps_every_outcome(store: Store) -> None:
+    for n, outcome in enumerate(Outcome):
+        await store.append_audit(event(n, outcome=outcome))
+    assert [r.event.outcome for r in await all_records(store)] == list(Outcome)
+
+
+async def test_audit_records_for_one_patient(store: Store) -> None:
+    for n, pid in enumerate(["p1", "p2", "", "p1", "p2", "p1"], start=1):
+        await store.append_audit(event(n, patient_id=pid))
+    p1 = await all_records(store, patient_id="p1")
+    assert [r.seq for r in p1] == [1, 4, 6]
+    assert all(r.event.patient_id == "p1" for r in p1)
+    assert [r.seq for r in await all_records(store, patient_id="p2")] == [2, 5]
+    assert [r.seq for r in await all_records(store, patient_id="")] == [3]
+    assert await all_records(store, patient_id="p9") == []
+
+
+async def test_audit_records_limit(store: Store) -> None:
+    for n, pid in enumerate(["p1", "p2", "p1", "p2", "p1"], start=1):
+        await store.append_audit(event(n, patient_id=pid))
+    assert [r.seq for r in await all_records(store, limit=2)] == [1, 2]
+    assert [r.seq for r in await all_records(store, limit=1)] == [1]
+    assert [r.seq for r in await all_records(store, limit=9)] == [1, 2, 3, 4, 5]
+    assert [r.seq for r in await all_records(store, patient_id="p1", limit=2)] == [1, 3]
+    assert [r.seq for r in await all_records(store, patient_id="p2", limit=5)] == [2, 4]
+    assert await all_records(store, limit=0) == []
+
+
+async def test_audit_records_stream_past_one_page(store: Store) -> None:
+    """More entries than either adapter reads at once (500)."""
+    count = 520
+    for n in range(count):
+        await store.append_audit(event(n, patient_id="p1" if n % 2 else "p2"))
+    verdict = await averify(store.audit_records())
+    assert (verdict.ok, verdict.count, verdict.head_seq) == (True, count, count)
+    assert [r.seq for r in await all_records(store, limit=510)] == list(range(1, 511))
+    p1 = await all_records(store, patient_id="p1")
+    assert [r.seq for r in p1] == list(range(2, count + 1, 2))
+
+
+async def test_stopping_early_leaves_the_log_usable(store: Store) -> None:
+    for n in range(5):
+        await store.append_audit(event(n))
+    async with aclosing(records_of(store)) as records:
+        async for record in records:
+            assert record.seq == 1
+            break
+    assert (await store.append_audit(event(6))).seq == 6
+
+
+async def test_concurrent_appends_make_one_chain(backend: Backend, store: Store) -> None:
+    """Writers in several tasks over two store instances (as two processes would)."""
+    other = await backend.open()
+    writers, each = 6, 8
+
+    async def write(target: Store, w: int) -> list[AuditRecord]:
+        return [await target.append_audit(event(w * 100 + i)) for i in range(each)]
+
+    async with asyncio.timeout(60):
+        results = await asyncio.gather(
+            *(write(store if w % 2 else other, w) for w in range(writers))
+        )
+    seqs = sorted(r.seq for rs in results for r in rs)
+    assert seqs == list(range(1, writers * each + 1))
+    stored = await all_records(store)
+    assert stored == sorted((r for rs in results for r in rs), key=lambda r: r.seq)
+    verdict = await averify(other.audit_records())
+    assert (verdict.ok, verdict.count) == (True, writers * each)
+
+
+# datetimes --------------------------------------------------------------------
+
+MOMENTS = [
+    pytest.param(T0, id="utc-ms"),
+    pytest.param(datetime(2026, 7, 4, 23, 59, 59, 999000, tzinfo=UTC), id="last-ms-of-day"),
+    pytest.param(
+        datetime(2026, 3, 1, 15, 0, 15, 123000, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+        id="other-offset",
+    ),
+    pytest.param(datetime(1969, 12, 31, 23, 59, 59, 999000, tzinfo=UTC), id="before-epoch"),
+    pytest.param(datetime(2100, 1, 1, tzinfo=UTC), id="far-future"),
+]
+
+
+def _assert_same_utc(got: datetime | None, want: datetime) -> None:
+    assert got is not None
+    assert got == want
+    assert got.utcoffset() == timedelta(0)
+    assert got.replace(tzinfo=None) == want.astimezone(UTC).replace(tzinfo=None)
+
+
+@pytest.mark.parametrize("moment", MOMENTS)
+async def test_datetimes_round_trip_as_utc(store: Store, moment: datetime) -> None:
+    await store.add_user(dataclasses.replace(user("u1"), created_at=moment))
+    await store.add_patient(dataclasses.replace(patient("p1"), created_at=moment))
+    await store.add_token(dataclasses.replace(token("t1"), created_at=moment))
+    await store.add_token(dataclasses.replace(token("t2"), revoked_at=moment))
+    await store.put_session(dataclasses.replace(session("k1"), created_at=moment))
+    await store.put_session(dataclasses.replace(session("k2"), last_seen_at=moment))
+    await store.put_throttle(Throttle("address:::1", 3, moment))
+    record = await store.append_audit(dataclasses.replace(event(), at=moment))
+
+    got_user = await store.get_user("u1")
+    got_patient = await store.get_patient("p1")
+    got_t1, got_t2 = await store.get_token("t1"), await store.get_token("t2")
+    got_k1, got_k2 = await store.get_session("k1"), await store.get_session("k2")
+    got_throttle = await store.get_throttle("address:::1")
+    [got_record] = await all_records(store)
+
+    assert got_user is not None
+    assert got_patient is not None
+    assert got_t1 is not None
+    assert got_t2 is not None
+    assert got_k1 is not None
+    assert got_k2 is not None
+    assert got_throttle is not None
+    for got in [
+        got_user.created_at,
+        got_patient.created_at,
+        got_t1.created_at,
+        got_t2.revoked_at,
+        got_k1.created_at,
+        got_k2.last_seen_at,
+        got_throttle.last_failure_at,
+        got_record.event.at,
+    ]:
+        _assert_same_utc(got, moment)
+    assert got_record == record
+    assert (await averify(store.audit_records())).ok
+
+
+@pytest.mark.parametrize("moment", MOMENTS)
+async def test_revocation_time_round_trips_as_utc(
+    backend: Backend, store: Store, moment: datetime
+) -> None:
+    skip_on_nx(backend, NX_SET_DATE)
+    await store.add_token(token("t1"))
+    assert await store.revoke_token("t1", moment)
+    got = await store.get_token("t1")
+    assert got is not None
+    _assert_same_utc(got.revoked_at, moment)
+
+
+async def test_datetimes_keep_whole_milliseconds(store: Store) -> None:
+    """The domain truncates to the ms; a finer value is cut, never rounded, by the store."""
+    fine = datetime(2026, 3, 1, 9, 30, 15, 123999, tzinfo=UTC)
+    await store.put_throttle(Throttle("address:::1", 1, fine))
+    got = await store.get_throttle("address:::1")
+    assert got is not None
+    _assert_same_utc(got.last_failure_at, fine.replace(microsecond=123000))
