@@ -150,6 +150,26 @@ def cmd_user_add(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(_with_clinic(settings, work))
 
 
+def cmd_user_change(args: argparse.Namespace, settings: Settings) -> int:
+    command = args.user_command
+    password = _read_password(args) if command == "set-password" else None
+    if command == "set-password" and password is None:
+        raise CliError("password: give it with --password-stdin, or run in a terminal")
+
+    async def work(clinic: Clinic) -> int:
+        if command in ("disable", "enable"):
+            await clinic.set_user_active(OPERATOR, args.id, command == "enable")
+        elif command == "reset-2fa":
+            await clinic.reset_two_factor(OPERATOR, args.id)
+        else:
+            await clinic.set_password(OPERATOR, args.id, password or "")
+        user = await clinic.user(args.id)
+        emit(args, user_json(user), f"{command}: done for {user.id}")
+        return 0
+
+    return asyncio.run(_with_clinic(settings, work))
+
+
 def cmd_user_list(args: argparse.Namespace, settings: Settings) -> int:
     async def work(clinic: Clinic) -> int:
         role = Role(args.role) if args.role else None
@@ -265,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--config",
         type=Path,
         default=Path("config.toml"),
-        help="configuration file (default: ./config.toml)",
+        help="configuration file (default: ./config.toml); may also follow the command",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -302,6 +322,22 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--role", choices=[r.value for r in Role])
     json_flag(ls)
     ls.set_defaults(func=cmd_user_list)
+    for name, text in (
+        ("disable", "deactivate a user: sign-in, sessions and tokens stop at once"),
+        ("enable", "reactivate a user"),
+        ("reset-2fa", "clear a clinician's two-factor enrolment (lost phone)"),
+        ("set-password", "set a user's password (ends their sessions)"),
+    ):
+        p = user.add_parser(name, help=text)
+        p.add_argument("id", help="user id")
+        if name == "set-password":
+            p.add_argument(
+                "--password-stdin",
+                action="store_true",
+                help="read the password from the first line of standard input",
+            )
+        json_flag(p)
+        p.set_defaults(func=cmd_user_change)
 
     team = sub.add_parser("care-team", help="manage care teams").add_subparsers(
         dest="care_team_command", required=True
@@ -343,8 +379,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _hoist_config(argv: list[str]) -> list[str]:
+    """Move `--config PATH` from after the command to the front, where argparse reads it,
+    so that `telemed serve --config PATH` and `telemed --config PATH serve` both work."""
+    rest: list[str] = []
+    config: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest.extend(argv[i:])
+            break
+        if arg == "--config" and i + 1 < len(argv):
+            config = [arg, argv[i + 1]]
+            i += 2
+            continue
+        if arg.startswith("--config="):
+            config = [arg]
+        else:
+            rest.append(arg)
+        i += 1
+    return config + rest
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_hoist_config(sys.argv[1:] if argv is None else argv))
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:

@@ -6,6 +6,7 @@ is written to the audit log) live in one place.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from datetime import date
@@ -149,10 +150,45 @@ class Clinic:
         await self.audit(actor, "user.list", detail=f"count={len(users)}")
         return users
 
+    async def set_user_active(self, actor: Actor, user_id: str, active: bool) -> User:
+        """Deactivate (sign-in, sessions and tokens stop at once) or reactivate a user."""
+        action = "user.reactivate" if active else "user.deactivate"
+        await self._require_admin(actor, action)
+        user = await self.user(user_id)
+        if actor.user is not None and actor.user.id == user.id and not active:
+            raise ValidationError("user", "you cannot deactivate your own account")
+        updated = dataclasses.replace(user, active=active)
+        await self.store.update_user(updated)
+        if not active:
+            await self.store.delete_user_sessions(user.id)
+        await self.audit(actor, action, patient_id=_patient_of(user), entity=f"User/{user.id}")
+        return updated
+
+    async def set_password(self, actor: Actor, user_id: str, password: str) -> None:
+        """An admin sets a new password; the user's sessions end."""
+        await self._require_admin(actor, "user.password_reset")
+        user = await self.user(user_id)
+        check_password_strength(password, email=user.email)
+        updated = dataclasses.replace(user, password_hash=await ahash_password(password))
+        await self.store.update_user(updated)
+        await self.store.delete_user_sessions(user.id)
+        await self.audit(
+            actor, "user.password_reset", patient_id=_patient_of(user), entity=f"User/{user.id}"
+        )
+
+    async def reset_two_factor(self, actor: Actor, user_id: str) -> None:
+        """For a clinician who lost their phone: they enrol again at the next sign-in."""
+        await self._require_admin(actor, "user.2fa_reset")
+        user = await self.user(user_id)
+        updated = dataclasses.replace(user, totp_secret="", totp_last_step=0, recovery_codes=())
+        await self.store.update_user(updated)
+        await self.store.delete_user_sessions(user.id)
+        await self.audit(actor, "user.2fa_reset", entity=f"User/{user.id}")
+
     async def user(self, user_id: str) -> User:
         user = await self.store.get_user(user_id)
         if user is None:
-            raise NotFound(f"user {user_id} does not exist")
+            raise ValidationError("user", f"no user has id {user_id}")
         return user
 
     # care teams -------------------------------------------------------------
@@ -278,6 +314,10 @@ class Clinic:
         await self._require_admin(actor, "settings.update")
         await self.store.put_setting(REQUIRE_2FA, "true" if required else "false")
         await self.audit(actor, "settings.update", detail=f"{REQUIRE_2FA}={required}")
+
+
+def _patient_of(user: User) -> str:
+    return user.id if user.role is Role.PATIENT else ""
 
 
 def _clean_birth_date(value: str) -> date | None:

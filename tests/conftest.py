@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import socket
@@ -44,6 +45,17 @@ def mosquitto_binary() -> str:
     if found is None:
         pytest.fail("mosquitto is not installed: run `make test`, which installs it")
     return found
+
+
+@pytest_asyncio.fixture(autouse=True)
+async def no_leftover_tasks() -> AsyncIterator[None]:
+    """Fail a test that leaves tasks running: every task needs an owner that ends it."""
+    yield
+    current = asyncio.current_task()
+    left = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+    for task in left:
+        task.cancel()
+    assert not left, f"tasks left running: {[t.get_name() for t in left]}"
 
 
 @pytest.fixture(scope="session")

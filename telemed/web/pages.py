@@ -72,6 +72,10 @@ async def admin_page(request: web.Request) -> web.Response:
     await require(request, Role.ADMIN)
     context = await _admin_context(request)
     context["notice"] = {
+        "deactivate": "User deactivated: their sessions and tokens stopped working.",
+        "reactivate": "User reactivated.",
+        "set_password": "Password set; the user's sessions were ended.",
+        "reset_2fa": "Two-factor sign-in reset: the user enrols again at the next sign-in.",
         "user": "User added.",
         "team": "Care team updated.",
         "settings": "Settings saved.",
@@ -126,6 +130,41 @@ async def admin_care_team(request: web.Request) -> web.Response:
     except ValidationError as exc:
         return await _admin_error(request, exc, form)
     raise web.HTTPSeeOther("/admin?done=team")
+
+
+@routes.post("/admin/users/{user_id}")
+async def admin_change_user(request: web.Request) -> web.Response:
+    """One user's row: deactivate, reactivate, set a password, reset two-factor."""
+    await require(request, Role.ADMIN)
+    form = {k: str(v) for k, v in (await request.post()).items() if k != "csrf_token"}
+    clinic, who, user_id = request.app[CLINIC], actor(request), request.match_info["user_id"]
+    action = form.get("action", "")
+    try:
+        if action == "deactivate":
+            await clinic.set_user_active(who, user_id, False)
+        elif action == "reactivate":
+            await clinic.set_user_active(who, user_id, True)
+        elif action == "reset_2fa":
+            await clinic.reset_two_factor(who, user_id)
+        else:
+            raise ValidationError("action", "choose deactivate, reactivate or reset_2fa")
+    except ValidationError as exc:
+        return await _admin_error(request, exc, {})
+    raise web.HTTPSeeOther("/admin?done=" + action)
+
+
+@routes.post("/admin/passwords")
+async def admin_set_password(request: web.Request) -> web.Response:
+    await require(request, Role.ADMIN)
+    form = await request.post()
+    user_id, password = str(form.get("user_id", "")), str(form.get("password", ""))
+    try:
+        if not user_id:
+            raise ValidationError("user", "choose a user")
+        await request.app[CLINIC].set_password(actor(request), user_id, password)
+    except ValidationError as exc:
+        return await _admin_error(request, exc, {})
+    raise web.HTTPSeeOther("/admin?done=set_password")
 
 
 @routes.post("/admin/settings")
