@@ -13,6 +13,8 @@ import logging
 import os
 import pwd
 import shutil
+import socket
+import stat
 import uuid
 from pathlib import Path
 
@@ -70,35 +72,68 @@ class MosquittoSupervisor:
     async def start(self) -> None:
         await asyncio.to_thread(self._prepare)
         await self._spawn()
-        await wait_until_reachable("127.0.0.1", self.port, within=START_TIMEOUT)
+        assert self._process is not None
+        exited = asyncio.create_task(self._process.wait())
+        listening = asyncio.create_task(
+            wait_until_reachable("127.0.0.1", self.port, within=START_TIMEOUT)
+        )
+        done, _ = await asyncio.wait({exited, listening}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (exited, listening):
+            task.cancel()
+        await asyncio.gather(exited, listening, return_exceptions=True)
+        if exited in done:
+            raise BrokerError(
+                f"Mosquitto exited with code {self._process.returncode} on start-up "
+                f"(port 127.0.0.1:{self.port}); see {self.log_path}"
+            )
+        listening.result()  # raises BrokerError on a time-out
         self._task = asyncio.create_task(self._watch(), name="mosquitto-supervisor")
 
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "mosquitto.log"
+
     def _prepare(self) -> None:
-        """Write the config; started as root, Mosquitto drops to its own user, which must
-        then own the persistence folder."""
+        """Check the port, write the config, and let Mosquitto's user own its folder.
+
+        Started as root, Mosquitto drops to the `mosquitto` user; that user must then own
+        the persistence folder and be able to reach it through every parent folder, or
+        persistence fails silently. Where it cannot, Mosquitto keeps running as root.
+        """
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", self.port))
+            except OSError as exc:
+                raise BrokerError(
+                    f"mqtt.port: 127.0.0.1:{self.port} is already in use ({exc.strerror}); "
+                    "choose another port for the embedded broker"
+                ) from None
         self.dir.mkdir(parents=True, exist_ok=True)
         run_as = ""
         if os.geteuid() == 0:
             try:
                 account = pwd.getpwnam("mosquitto")
             except KeyError:
-                run_as = "root"  # no mosquitto account to drop to
+                account = None
+            if account is None or not _reachable_by_others(self.dir.resolve().parent):
+                run_as = "root"
+                log.warning("mosquitto runs as root: its user cannot reach %s", self.dir)
             else:
-                os.chown(self.dir, account.pw_uid, account.pw_gid)
-                for child in self.dir.iterdir():
-                    os.chown(child, account.pw_uid, account.pw_gid)
+                for path in (self.dir, *self.dir.iterdir()):
+                    os.chown(path, account.pw_uid, account.pw_gid)
         conf = self.dir / "mosquitto.conf"
         conf.write_text(mosquitto_config(self.port, self.dir.resolve(), run_as), encoding="utf-8")
 
     async def _spawn(self) -> None:
-        self._process = await asyncio.create_subprocess_exec(
-            self.binary,
-            "-c",
-            str(self.dir / "mosquitto.conf"),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
+        with self.log_path.open("ab") as log_file:  # the child keeps its own descriptor
+            self._process = await asyncio.create_subprocess_exec(
+                self.binary,
+                "-c",
+                str(self.dir / "mosquitto.conf"),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+            )
         log.info("mosquitto started pid=%s port=%s", self._process.pid, self.port)
 
     async def _watch(self) -> None:
@@ -134,6 +169,14 @@ class MosquittoSupervisor:
                 process.kill()
                 await process.wait()
         log.info("mosquitto stopped")
+
+
+def _reachable_by_others(folder: Path) -> bool:
+    """Whether a non-root user can traverse every folder from / down to `folder`."""
+    for path in (folder, *folder.parents):
+        if not os.stat(path).st_mode & stat.S_IXOTH:
+            return False
+    return True
 
 
 async def wait_until_reachable(host: str, port: int, *, within: float) -> None:

@@ -54,6 +54,10 @@ def address_key(address: str) -> str:
     return f"address:{address}"
 
 
+def second_factor_key(user_id: str) -> str:
+    return f"2fa:{user_id}"
+
+
 @dataclass(frozen=True, slots=True)
 class LoginThrottling:
     """Accounts lock after few failures; a shared address (a clinic's NAT) after more."""

@@ -16,7 +16,7 @@ from telemed.audit import Outcome
 from telemed.clinic import Actor
 from telemed.errors import Forbidden, Unauthenticated
 from telemed.login import attempt_login
-from telemed.throttle import account_key
+from telemed.throttle import second_factor_key
 from telemed.web.keys import CLINIC, CLOCK, METRICS, SETTINGS, STORE, THROTTLE_POLICY
 from telemed.web.middleware import (
     SESSION,
@@ -195,7 +195,8 @@ async def second_factor_submit(request: web.Request) -> web.StreamResponse:
     nxt = _safe_next(str(form.get("next", "")))
     clinic, store = request.app[CLINIC], request.app[STORE]
     policy, now = request.app[THROTTLE_POLICY].account, request.app[CLOCK]()
-    key = account_key(user.email)
+    key = second_factor_key(user.id)  # apart from the password's: a right password
+    # must not reset the count of wrong codes
     state = await store.get_throttle(key)
     actor = Actor.of(user, source_address(request))
     if policy.wait(state, now):
@@ -258,7 +259,9 @@ async def enrol_page(request: web.Request) -> web.Response:
         raise Forbidden("Two-factor sign-in is for clinicians and admins.")
     if user.totp_secret:
         return render(
-            request, "enrol_2fa.html", {"enrolled": True, "remaining": len(user.recovery_codes)}
+            request,
+            "enrol_2fa.html",
+            {"enrolled": True, "recovery_codes": [], "remaining": len(user.recovery_codes)},
         )
     secret = totp.new_secret()
     return render(request, "enrol_2fa.html", _enrol_context(user, secret, ""))
