@@ -101,6 +101,8 @@ class MosquittoSupervisor:
         persistence fails silently. Where it cannot, Mosquitto keeps running as root.
         """
         with socket.socket() as probe:
+            # as Mosquitto binds: connections of an earlier run in TIME_WAIT don't count
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind(("127.0.0.1", self.port))
             except OSError as exc:

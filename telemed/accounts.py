@@ -48,8 +48,9 @@ class Patient:
 
 
 def new_id() -> str:
-    """An opaque, unguessable identifier (128 bits, URL-safe)."""
-    return secrets.token_urlsafe(16)
+    """An opaque, unguessable identifier (128 bits, hex: never starts with "-", which a
+    command line would read as an option)."""
+    return secrets.token_hex(16)
 
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")

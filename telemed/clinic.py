@@ -266,6 +266,14 @@ class Clinic:
             )
             raise Forbidden("this patient is not in your care")
         if patient is None:
+            await self.audit(
+                actor,
+                "patient.read",
+                Outcome.FAILURE,
+                patient_id=patient_id,
+                entity=f"Patient/{patient_id}",
+                detail="no such patient",
+            )
             raise NotFound(f"patient {patient_id} does not exist")
         await self.audit(
             actor, "patient.read", patient_id=patient.id, entity=f"Patient/{patient.id}"

@@ -41,16 +41,16 @@ async def attempt_login(
     states = [await store.get_throttle(k) for k in keys]
     waits = [p.wait(s, now) for p, s in zip(policies, states, strict=True)]
     wait = max(waits)
-    anonymous = Actor("anonymous", "anonymous", source)
+    user = await store.find_user_by_email(email) if email else None
+    actor = Actor.of(user, source) if user else Actor("anonymous", "anonymous", source)
     if wait > timedelta(0):
         locked = any(
             p.locked(s) and w > timedelta(0)
             for p, s, w in zip(policies, states, waits, strict=True)
         )
-        await clinic.audit(anonymous, "login", Outcome.DENIED, detail="throttled")
+        await clinic.audit(actor, "login", Outcome.DENIED, detail="throttled")
         return LoginResult(None, _wait_message(wait, locked), wait)
 
-    user = await store.find_user_by_email(email) if email else None
     ok = await averify_password(user.password_hash if user else "", password)
     if user is not None and ok and user.active:
         await store.delete_throttle(keys[0])
@@ -59,7 +59,6 @@ async def attempt_login(
 
     for policy, key, state in zip(policies, keys, states, strict=True):
         await store.put_throttle(policy.failed(key, state, now))
-    actor = Actor.of(user, source) if user else anonymous
     await clinic.audit(actor, "login", Outcome.FAILURE, detail="wrong e-mail or password")
     states = [await store.get_throttle(k) for k in keys]
     if any(p.locked(s) for p, s in zip(policies, states, strict=True)):

@@ -7,6 +7,7 @@ clears the account's counter. Pure functions over a small record the store keeps
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -47,7 +48,9 @@ class ThrottlePolicy:
 
 
 def account_key(email: str) -> str:
-    return f"account:{email.strip().lower()}"
+    """Hashed: whatever was typed as an e-mail address (maybe a password) is not kept."""
+    digest = hashlib.sha256(email.strip().lower().encode()).hexdigest()
+    return f"account:{digest}"
 
 
 def address_key(address: str) -> str:
