@@ -1,0 +1,261 @@
+"""A device's MQTT payload into readings to store and refusals to send back.
+
+`decode` takes the bytes as they came off the broker and never raises on their content:
+whatever is wrong with them becomes a `Refusal` a firmware developer can act on.
+
+The whole payload is refused (`record` None, `field` "payload") when it is larger than
+`max_bytes`, not UTF-8 (a leading byte-order mark is allowed), empty, not JSON, nested
+deeper than MAX_DEPTH, has a key twice in one object, or is neither an array (a SenML
+pack) nor an object (the compact form). Then each measurement the codec produced is
+checked, and a good one is kept even when others in the same payload are refused:
+
+- its value must be a finite number: the NaN and Infinity literals that some serializers
+  write (Python's json reads them) are refused record by record;
+- it must fall in the vital's physiologically possible range (devices/vitals.py);
+- its time (below 2**28: seconds relative to `now`; otherwise Unix seconds) must be no
+  later than now + max_skew and no earlier than now - max_age;
+- a second reading of the same code at the same millisecond is refused; the first kept.
+
+Times become timezone-aware UTC datetimes cut to whole milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+from devices.compact import decode_object
+from devices.readings import Decoded, Reading, Refusal
+from devices.senml import decode_pack
+from devices.vitals import Measurement, describe
+from telemed.clock import iso, truncate
+
+DEFAULT_MAX_BYTES = 16384
+MAX_DEPTH = 8  # SenML needs 2 levels (pack, record), the compact form 2 (object, "u")
+RELATIVE_LIMIT = 2**28  # RFC 8428 §4.5.3: times below this are relative to now
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_FAR = 1e10  # seconds (about 317 years): beyond any window, and safe for datetime math
+_LOOKS_LIKE_MS = 1e11  # a Unix time this large is in the year 5138: milliseconds, surely
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+def decode(
+    payload: bytes,
+    device_id: str,
+    *,
+    now: datetime,
+    max_age: timedelta,
+    max_skew: timedelta,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> Decoded:
+    """Readings and refusals for one payload from `device_id`, received at `now`."""
+    if now.utcoffset() is None:
+        raise ValueError("now must be timezone-aware")
+    parsed = _parse(payload, max_bytes)
+    if isinstance(parsed, Refusal):
+        return Decoded((), (parsed,))
+    if isinstance(parsed, list):
+        items = decode_pack(parsed)
+    elif isinstance(parsed, dict):
+        items = decode_object(parsed)
+    else:
+        return Decoded(
+            (),
+            (
+                _whole(
+                    f"{describe(parsed)} is neither a SenML pack (a JSON array of records) "
+                    f"nor the compact form (a JSON object)"
+                ),
+            ),
+        )
+    return _validate(items, device_id, now, max_age, max_skew)
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _parse(payload: bytes, max_bytes: int) -> object:
+    """The JSON value of `payload`, or the Refusal of the whole payload."""
+    if len(payload) > max_bytes:
+        return _whole(
+            f"{len(payload)} bytes is over the limit of {max_bytes} bytes; "
+            f"send fewer records per message"
+        )
+    try:
+        text = payload.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        return _whole(
+            f"not UTF-8 text (byte 0x{payload[exc.start]:02x} at offset {exc.start}); "
+            f"send JSON encoded as UTF-8"
+        )
+    if not text.strip():
+        return _whole("empty message; send a SenML pack or the compact JSON form")
+    depth = _depth(text)
+    if depth > MAX_DEPTH:
+        return _whole(
+            f"JSON nested {depth} levels deep, more than the {MAX_DEPTH} accepted; a SenML "
+            f"pack needs 2 (array, record), the compact form 2 (object, u)"
+        )
+    try:
+        return json.loads(text, object_pairs_hook=_unique)
+    except _DuplicateKey as exc:
+        return _whole(f"the key {exc.key!r} appears twice in one JSON object; send it once")
+    except json.JSONDecodeError as exc:
+        return _whole(f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+    except ValueError as exc:  # e.g. an integer longer than Python converts
+        return _whole(f"not JSON that can be read: {exc}")
+
+
+def _depth(text: str) -> int:
+    """How deeply arrays and objects nest in `text`, strings left aside (no parsing)."""
+    depth = deepest = 0
+    for bracket in _BRACKETS.findall(_STRINGS.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _whole(reason: str) -> Refusal:
+    return Refusal(None, "payload", f"payload: {reason}")
+
+
+def _validate(
+    items: Sequence[Measurement | Refusal],
+    device_id: str,
+    now: datetime,
+    max_age: timedelta,
+    max_skew: timedelta,
+) -> Decoded:
+    readings: list[Reading] = []
+    refusals: list[Refusal] = []
+    first: dict[tuple[str, datetime], int] = {}
+    for item in items:
+        if isinstance(item, Refusal):
+            refusals.append(item)
+            continue
+        checked = _check(item, now, max_age, max_skew)
+        if isinstance(checked, Refusal):
+            refusals.append(checked)
+            continue
+        vital = item.vital
+        key = (vital.code, checked)
+        if key in first:
+            refusals.append(
+                Refusal(
+                    item.record,
+                    item.time_field,
+                    f"{item.time_field}: another {vital} reading at {iso(checked)} came "
+                    f"earlier in this message (record {first[key]}); only the first is kept",
+                    item.name,
+                )
+            )
+            continue
+        first[key] = item.record
+        readings.append(Reading(device_id, vital.code, item.value, vital.unit, checked))
+    return Decoded(tuple(readings), tuple(refusals))
+
+
+def _check(
+    item: Measurement, now: datetime, max_age: timedelta, max_skew: timedelta
+) -> datetime | Refusal:
+    """The reading's time if `item` passes the value and time checks, else its refusal."""
+    vital, field = item.vital, item.value_field
+    if not math.isfinite(item.value):
+        return Refusal(
+            item.record,
+            field,
+            f"{field}: {_literal(item.value)} is not a finite number; leave the measurement out "
+            f"when the sensor has no reading",
+            item.name,
+        )
+    if not vital.low <= item.value <= vital.high:
+        sent = f" (sent as {item.as_sent})" if item.as_sent else ""
+        return Refusal(
+            item.record,
+            field,
+            f"{field}: {item.value:g} {vital.unit}{sent} is outside the possible range for "
+            f"{vital} ({vital.low:g}..{vital.high:g} {vital.unit}); check the sensor "
+            f"and the unit",
+            item.name,
+        )
+    return _time(item, now, max_age, max_skew)
+
+
+def _time(
+    item: Measurement, now: datetime, max_age: timedelta, max_skew: timedelta
+) -> datetime | Refusal:
+    field, seconds = item.time_field, item.time
+    if not math.isfinite(seconds):
+        return Refusal(
+            item.record,
+            field,
+            f"{field}: {_literal(seconds)} is not a finite number of seconds",
+            item.name,
+        )
+    relative = seconds < RELATIVE_LIMIT
+    ahead = seconds if relative else seconds - now.timestamp()
+    taken_at: datetime | None = None
+    when = f"the time {seconds:.15g}"
+    if abs(ahead) < _FAR:
+        start = now if relative else EPOCH
+        taken_at = truncate(start + timedelta(seconds=seconds))
+        when = f"the time {iso(taken_at)}"
+        if relative:
+            when += f" ({seconds:g} s from now)"
+    if taken_at > now + max_skew if taken_at is not None else ahead > 0:
+        if relative:
+            hint = "times below 2**28 count from now: send 0 or a negative number of seconds"
+        elif seconds > _LOOKS_LIKE_MS:
+            hint = "that looks like milliseconds: send Unix time in seconds"
+        else:
+            hint = "set the device clock (e.g. by NTP)"
+        return Refusal(
+            item.record,
+            field,
+            f"{field}: {when} is in the future, more than the allowed clock skew of "
+            f"{_span(max_skew)} ahead of the server's clock ({iso(now)}); {hint}",
+            item.name,
+        )
+    if taken_at is None or taken_at < now - max_age:
+        check = "" if relative else "check the device clock, and "
+        return Refusal(
+            item.record,
+            field,
+            f"{field}: {when} is older than the accepted window of {_span(max_age)} "
+            f"(server clock {iso(now)}); {check}drop older readings from the device's "
+            f"backlog",
+            item.name,
+        )
+    return taken_at
+
+
+def _span(span: timedelta) -> str:
+    seconds = span.total_seconds()
+    if seconds and seconds % 3600 == 0:
+        return f"{seconds / 3600:g} h"
+    if seconds and seconds % 60 == 0:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"
+
+
+def _literal(value: float) -> str:
+    """A non-finite float as a serializer writes it into JSON: NaN, Infinity, -Infinity."""
+    if math.isnan(value):
+        return "NaN"
+    return "Infinity" if value > 0 else "-Infinity"
