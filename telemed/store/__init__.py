@@ -6,12 +6,13 @@ Later features add their collections here, as methods on `Store`, in both adapte
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from datetime import datetime
 from typing import Protocol
 
 from telemed.accounts import Patient, Role, User
 from telemed.audit import AuditEvent, AuditRecord
+from telemed.monitoring import Device, Observation
 from telemed.sessions import Session
 from telemed.settings import StoreSettings
 from telemed.throttle import Throttle
@@ -101,6 +102,47 @@ class Store(Protocol):
     async def get_setting(self, key: str) -> str | None: ...
 
     async def put_setting(self, key: str, value: str) -> None: ...
+
+    # wearables -----------------------------------------------------------
+    async def add_device(self, device: Device) -> None:
+        """Raise `Conflict` if the id is taken."""
+
+    async def get_device(self, device_id: str) -> Device | None: ...
+
+    async def list_devices(self, patient_id: str | None = None) -> list[Device]:
+        """All devices, or one patient's; ordered by creation time, then id."""
+
+    async def revoke_device(self, device_id: str, at: datetime) -> bool:
+        """Mark revoked. False if unknown or already revoked."""
+
+    # observations (vital signs) --------------------------------------------
+    async def add_observations(self, observations: Sequence[Observation]) -> int:
+        """Store a batch durably; return how many were new. Values must be finite.
+
+        An observation whose (device_id, code, taken_at) is already stored, or repeated in
+        the batch, is skipped (the stored one is kept): redelivered readings are absorbed,
+        never stored twice. When this returns, the whole batch survives a crash. When it
+        raises, any part of it may or may not be stored (SQLite commits all or nothing;
+        MongoDB's unordered insert may have stored some): the caller retries the whole
+        batch, and the dedupe key makes that safe.
+        """
+
+    async def observations(
+        self,
+        patient_id: str,
+        *,
+        code: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+    ) -> list[Observation]:
+        """One patient's observations with since <= taken_at <= until, ordered by taken_at
+        then device_id then code; `newest_first` reverses that whole order."""
+
+    async def latest_observations(self, patient_id: str) -> list[Observation]:
+        """The newest observation of each code for the patient, ordered by code; on a tie
+        (two devices, same instant) the one `newest_first` would list first."""
 
     # audit log -----------------------------------------------------------
     async def append_audit(self, event: AuditEvent) -> AuditRecord:

@@ -1,7 +1,9 @@
 """The production store: MongoDB through PyMongo's async API (`AsyncMongoClient`).
 
 One document per domain value, keyed by `_id` where the value has a natural key (user,
-patient and token ids, session and throttle keys, setting keys, audit sequence numbers).
+patient, token and device ids, session and throttle keys, setting keys, audit sequence
+numbers). Observations keep a generated `_id`; a unique (device_id, code, taken_at) index
+absorbs redelivered readings, and their writes are journaled before they are acknowledged.
 Writes wait for a majority of the replica set and are retried once on a transient
 error. Datetimes are BSON dates: UTC, to the millisecond, as the domain keeps them.
 Indexes are created at open; creating an index that already exists is a no-op.
@@ -19,19 +21,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncGenerator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from telemed.accounts import Patient, Role, User
 from telemed.audit import AuditEvent, AuditRecord, Outcome, seal
 from telemed.errors import Conflict, NotFound, StoreUnavailable
+from telemed.monitoring import Device, Observation
 from telemed.sessions import Session
 from telemed.throttle import Throttle
 from telemed.tokens import ApiToken
@@ -43,6 +46,7 @@ Document = dict[str, Any]
 SERVER_SELECTION_TIMEOUT_MS = 5_000
 AUDIT_APPEND_ATTEMPTS = 64  # each lost race means another writer's entry went in
 AUDIT_PAGE = 500
+DUPLICATE_KEY = 11000  # the server's error code for a unique index violation
 
 USERS = "users"
 PATIENTS = "patients"
@@ -51,7 +55,14 @@ API_TOKENS = "api_tokens"
 SESSIONS = "sessions"
 LOGIN_THROTTLE = "login_throttle"
 CLINIC_SETTINGS = "clinic_settings"
+DEVICES = "devices"
+# A regular collection, not a time-series one: a time-series collection cannot have a
+# unique index, and the (device_id, code, taken_at) key is what absorbs redeliveries.
+OBSERVATIONS = "observations"
 AUDIT_LOG = "audit_log"
+
+# Acknowledged means durable: journaled on a majority of the replica set.
+DURABLE = WriteConcern(w="majority", j=True)
 
 # Only indexes that serve a query or guard a rule. The lists ordered by name (users,
 # patients) or creation (tokens) are clinic-sized and sorted by the server in memory.
@@ -73,6 +84,27 @@ INDEXES: dict[str, list[IndexModel]] = {
     ],
     SESSIONS: [
         IndexModel([("user_id", ASCENDING)], name="by_user"),
+    ],
+    DEVICES: [
+        IndexModel([("patient_id", ASCENDING)], name="by_patient"),
+    ],
+    OBSERVATIONS: [
+        IndexModel(
+            [("device_id", ASCENDING), ("code", ASCENDING), ("taken_at", ASCENDING)],
+            name="device_code_taken_at_unique",
+            unique=True,
+        ),
+        # serves `observations` for one code (in either direction) and, read backwards,
+        # `latest_observations`; `device_id` last keeps the tie order without a sort
+        IndexModel(
+            [
+                ("patient_id", ASCENDING),
+                ("code", ASCENDING),
+                ("taken_at", ASCENDING),
+                ("device_id", ASCENDING),
+            ],
+            name="by_patient_code_taken_at",
+        ),
     ],
     AUDIT_LOG: [
         # `seq` repeats `_id` so that the per-patient index can end with it
@@ -102,6 +134,23 @@ def _duplicate_fields(exc: DuplicateKeyError) -> str:
     return "a unique key"
 
 
+def _inserted_besides_duplicates(exc: BulkWriteError) -> int:
+    """How many documents an unordered insert stored, if it failed only on duplicates.
+
+    A duplicate key is a redelivery, already stored: success. Any other write error, or
+    a write concern error (the rest may not be durable), raises `StoreUnavailable`.
+    """
+    details = exc.details
+    codes = {error.get("code") for error in details.get("writeErrors", [])}
+    concern = [error.get("errmsg", "") for error in details.get("writeConcernErrors", [])]
+    if concern or codes - {DUPLICATE_KEY}:
+        # the codes and messages only: a write error carries the document (vitals)
+        raise StoreUnavailable(
+            f"observations: write errors {sorted(map(str, codes))}, write concern {concern}"
+        ) from exc
+    return int(details.get("nInserted", 0))
+
+
 def _dt(value: Any) -> datetime:
     if not isinstance(value, datetime):
         raise StoreUnavailable(f"expected a stored date, found {type(value).__name__}")
@@ -125,6 +174,10 @@ class MongoStore:
         self._sessions: AsyncCollection[Document] = self._db[SESSIONS]
         self._throttle: AsyncCollection[Document] = self._db[LOGIN_THROTTLE]
         self._settings: AsyncCollection[Document] = self._db[CLINIC_SETTINGS]
+        self._devices: AsyncCollection[Document] = self._db[DEVICES]
+        self._observations: AsyncCollection[Document] = self._db.get_collection(
+            OBSERVATIONS, write_concern=DURABLE
+        )
         self._audit: AsyncCollection[Document] = self._db[AUDIT_LOG]
         self._closed = False
 
@@ -424,6 +477,125 @@ class MongoStore:
             await self._settings.replace_one(
                 {"_id": key}, {"_id": key, "value": value}, upsert=True
             )
+
+    # wearables --------------------------------------------------------------
+    @staticmethod
+    def _device(doc: Document) -> Device:
+        return Device(
+            id=doc["_id"],
+            patient_id=doc["patient_id"],
+            kind=doc["kind"],
+            created_at=_dt(doc["created_at"]),
+            revoked_at=_dt_or_none(doc.get("revoked_at")),
+        )
+
+    async def add_device(self, device: Device) -> None:
+        doc: Document = {
+            "_id": device.id,
+            "patient_id": device.patient_id,
+            "kind": device.kind,
+            "created_at": device.created_at,
+            "revoked_at": device.revoked_at,
+        }
+        with self._op(f"device {device.id}"):
+            await self._devices.insert_one(doc)
+
+    async def get_device(self, device_id: str) -> Device | None:
+        with self._op(f"device {device_id}"):
+            doc = await self._devices.find_one({"_id": device_id})
+        return self._device(doc) if doc else None
+
+    async def list_devices(self, patient_id: str | None = None) -> list[Device]:
+        query: Document = {} if patient_id is None else {"patient_id": patient_id}
+        with self._op("devices"):
+            cursor = self._devices.find(query, sort=[("created_at", ASCENDING), ("_id", ASCENDING)])
+            docs = await cursor.to_list()
+        return [self._device(d) for d in docs]
+
+    async def revoke_device(self, device_id: str, at: datetime) -> bool:
+        with self._op(f"device {device_id}"):
+            result = await self._devices.update_one(
+                {"_id": device_id, "revoked_at": None}, {"$set": {"revoked_at": at}}
+            )
+        return bool(result.modified_count)
+
+    # observations -----------------------------------------------------------
+    @staticmethod
+    def _observation(doc: Document) -> Observation:
+        return Observation(
+            patient_id=doc["patient_id"],
+            device_id=doc["device_id"],
+            code=doc["code"],
+            value=float(doc["value"]),
+            unit=doc["unit"],
+            taken_at=_dt(doc["taken_at"]),
+            received_at=_dt(doc["received_at"]),
+        )
+
+    async def add_observations(self, observations: Sequence[Observation]) -> int:
+        if not observations:
+            return 0  # insert_many refuses an empty list
+        docs: list[Document] = [
+            {
+                "patient_id": o.patient_id,
+                "device_id": o.device_id,
+                "code": o.code,
+                "value": float(o.value),
+                "unit": o.unit,
+                "taken_at": o.taken_at,
+                "received_at": o.received_at,
+            }
+            for o in observations
+        ]
+        with self._op("observations"):
+            try:
+                # unordered: one duplicate does not stop the rest of the batch
+                result = await self._observations.insert_many(docs, ordered=False)
+            except BulkWriteError as exc:
+                return _inserted_besides_duplicates(exc)
+        return len(result.inserted_ids)
+
+    async def observations(
+        self,
+        patient_id: str,
+        *,
+        code: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+    ) -> list[Observation]:
+        if limit is not None and limit <= 0:
+            return []  # a MongoDB limit of 0 would mean "no limit"
+        query: Document = {"patient_id": patient_id}
+        if code is not None:
+            query["code"] = code
+        taken_at: Document = {}
+        if since is not None:
+            taken_at["$gte"] = since
+        if until is not None:
+            taken_at["$lte"] = until
+        if taken_at:
+            query["taken_at"] = taken_at
+        direction = DESCENDING if newest_first else ASCENDING
+        sort = [("taken_at", direction), ("device_id", direction), ("code", direction)]
+        with self._op(f"observations of patient {patient_id}"):
+            cursor = self._observations.find(query, sort=sort, limit=limit or 0)
+            docs = await cursor.to_list()
+        return [self._observation(d) for d in docs]
+
+    async def latest_observations(self, patient_id: str) -> list[Observation]:
+        pipeline: list[Document] = [
+            {"$match": {"patient_id": patient_id}},
+            # the index read backwards: each code's newest reading comes first
+            {"$sort": {"code": DESCENDING, "taken_at": DESCENDING, "device_id": DESCENDING}},
+            {"$group": {"_id": "$code", "latest": {"$first": "$$ROOT"}}},
+            {"$sort": {"_id": ASCENDING}},
+        ]
+        with self._op(f"latest observations of patient {patient_id}"):
+            cursor = await self._observations.aggregate(pipeline)
+            docs = await cursor.to_list()
+        return [self._observation(d["latest"]) for d in docs]
 
     # audit log --------------------------------------------------------------
     @staticmethod

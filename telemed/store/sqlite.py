@@ -1,4 +1,4 @@
-"""The embedded store: one SQLite file in WAL mode.
+"""The embedded store: one SQLite file in WAL mode, synced to disk at every commit.
 
 All SQLite calls run on one dedicated thread that owns the connection, so the event loop
 never blocks and statements never interleave. Other processes (the CLI while the server
@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any, TypeVar
 from telemed.accounts import Patient, Role, User
 from telemed.audit import AuditEvent, AuditRecord, Outcome, seal
 from telemed.errors import Conflict, NotFound, StoreUnavailable
+from telemed.monitoring import Device, Observation
 from telemed.sessions import Session
 from telemed.throttle import Throttle
 from telemed.tokens import ApiToken
@@ -102,6 +104,29 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
     """,
+    # 2: wearables and their observations
+    """
+    CREATE TABLE devices (
+        id TEXT PRIMARY KEY,
+        patient_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        revoked_at TEXT
+    );
+    CREATE INDEX devices_by_patient ON devices (patient_id, created_at, id);
+    CREATE TABLE observations (
+        patient_id TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        code TEXT NOT NULL,
+        value REAL NOT NULL,
+        unit TEXT NOT NULL,
+        taken_at TEXT NOT NULL,
+        received_at TEXT NOT NULL,
+        PRIMARY KEY (device_id, code, taken_at)
+    ) WITHOUT ROWID;
+    CREATE INDEX observations_by_patient
+        ON observations (patient_id, code, taken_at, device_id);
+    """,
 )
 
 
@@ -148,11 +173,18 @@ class SqliteStore:
 
     def _connect(self) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # the file holds password hashes and patient data: its owner only (the WAL
+            # and shared-memory files SQLite creates beside it take the same mode)
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+            self.path.chmod(0o600)
             conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
+            # FULL: the WAL is synced at every commit, so what a call acknowledged survives
+            # a power loss (NORMAL can lose the last commits then), as readings acknowledged
+            # to the broker must; one sync per commit, so write in batches
+            conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
             self._conn = conn
             self._migrate(conn)
@@ -468,6 +500,165 @@ class SqliteStore:
 
     async def put_setting(self, key: str, value: str) -> None:
         await self.write("INSERT OR REPLACE INTO clinic_settings VALUES (?, ?)", (key, value))
+
+    # wearables --------------------------------------------------------------
+    @staticmethod
+    def _device(row: sqlite3.Row) -> Device:
+        return Device(
+            id=row["id"],
+            patient_id=row["patient_id"],
+            kind=row["kind"],
+            created_at=_dt(row["created_at"]),
+            revoked_at=_dt(row["revoked_at"]) if row["revoked_at"] else None,
+        )
+
+    async def add_device(self, device: Device) -> None:
+        await self.write(
+            "INSERT INTO devices VALUES (?, ?, ?, ?, ?)",
+            (
+                device.id,
+                device.patient_id,
+                device.kind,
+                _t(device.created_at),
+                _t(device.revoked_at) if device.revoked_at else None,
+            ),
+        )
+
+    async def get_device(self, device_id: str) -> Device | None:
+        rows = await self.rows("SELECT * FROM devices WHERE id = ?", (device_id,))
+        return self._device(rows[0]) if rows else None
+
+    async def list_devices(self, patient_id: str | None = None) -> list[Device]:
+        if patient_id is None:
+            rows = await self.rows("SELECT * FROM devices ORDER BY created_at, id")
+        else:
+            rows = await self.rows(
+                "SELECT * FROM devices WHERE patient_id = ? ORDER BY created_at, id", (patient_id,)
+            )
+        return [self._device(r) for r in rows]
+
+    async def revoke_device(self, device_id: str, at: datetime) -> bool:
+        return bool(
+            await self.write(
+                "UPDATE devices SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                (_t(at), device_id),
+            )
+        )
+
+    # observations -----------------------------------------------------------
+    @staticmethod
+    def _observation(row: sqlite3.Row) -> Observation:
+        return Observation(
+            patient_id=row["patient_id"],
+            device_id=row["device_id"],
+            code=row["code"],
+            value=row["value"],
+            unit=row["unit"],
+            taken_at=_dt(row["taken_at"]),
+            received_at=_dt(row["received_at"]),
+        )
+
+    def _add_observations(self, observations: Sequence[Observation]) -> int:
+        # a batch mostly shares one arrival time: format it once (formatting is half the cost)
+        received = {moment: _t(moment) for moment in {o.received_at for o in observations}}
+        conn = self.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                before = conn.total_changes
+                # Only the dedupe key may conflict silently: `INSERT OR IGNORE` would also
+                # skip (and count as a duplicate) a row that breaks NOT NULL, such as a NaN
+                # value, which SQLite stores as NULL.
+                conn.executemany(
+                    "INSERT INTO observations VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (device_id, code, taken_at) DO NOTHING",
+                    (
+                        (
+                            o.patient_id,
+                            o.device_id,
+                            o.code,
+                            o.value,
+                            o.unit,
+                            _t(o.taken_at),
+                            received[o.received_at],
+                        )
+                        for o in observations
+                    ),
+                )
+                inserted = conn.total_changes - before
+                conn.execute("COMMIT")  # synchronous=FULL: durable once this returns
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"observations not stored: {exc}") from exc
+        return inserted
+
+    async def add_observations(self, observations: Sequence[Observation]) -> int:
+        if not observations:
+            return 0
+        return await self._run(self._add_observations, observations)
+
+    async def observations(
+        self,
+        patient_id: str,
+        *,
+        code: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+    ) -> list[Observation]:
+        if limit is not None and limit <= 0:
+            return []
+        where = ["patient_id = ?"]
+        params: list[Any] = [patient_id]
+        if code is not None:
+            where.append("code = ?")
+            params.append(code)
+        if since is not None:  # the ISO text of UTC times sorts as the times do
+            where.append("taken_at >= ?")
+            params.append(_t(since))
+        if until is not None:
+            where.append("taken_at <= ?")
+            params.append(_t(until))
+        order = "DESC" if newest_first else "ASC"
+        sql = (
+            f"SELECT * FROM observations WHERE {' AND '.join(where)}"  # noqa: S608
+            f" ORDER BY taken_at {order}, device_id {order}, code {order}"
+        )
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        rows = await self.rows(sql, tuple(params))
+        return [self._observation(r) for r in rows]
+
+    async def latest_observations(self, patient_id: str) -> list[Observation]:
+        # Walks the patient's codes through the index (one seek per code, not one row per
+        # reading), then takes the newest reading of each.
+        rows = await self.rows(
+            """
+            WITH RECURSIVE codes (code) AS (
+                SELECT min(code) FROM observations WHERE patient_id = ?1
+                UNION ALL
+                SELECT (
+                    SELECT min(code) FROM observations
+                    WHERE patient_id = ?1 AND code > codes.code
+                )
+                FROM codes WHERE codes.code IS NOT NULL
+            )
+            SELECT o.* FROM codes JOIN observations AS o
+            ON (o.patient_id, o.code, o.taken_at, o.device_id) = (
+                SELECT patient_id, code, taken_at, device_id FROM observations
+                WHERE patient_id = ?1 AND code = codes.code
+                ORDER BY taken_at DESC, device_id DESC LIMIT 1
+            )
+            ORDER BY o.code
+            """,
+            (patient_id,),
+        )
+        return [self._observation(r) for r in rows]
 
     # audit log --------------------------------------------------------------
     @staticmethod

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sqlite3
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from datetime import UTC, date, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
+from pymongo.errors import BulkWriteError
 
 from telemed.accounts import Patient, Role, User
 from telemed.audit import GENESIS, AuditEvent, AuditRecord, Outcome, averify, entry_hash
 from telemed.errors import Conflict, NotFound, StoreUnavailable
+from telemed.monitoring import Device, Observation
 from telemed.sessions import Session
 from telemed.store import Store
-from telemed.store.mongo import MongoStore
+from telemed.store.mongo import MongoStore, _inserted_besides_duplicates
+from telemed.store.sqlite import MIGRATIONS, SqliteStore, _statements
 from telemed.throttle import Throttle
 from telemed.tokens import ApiToken
 
@@ -27,6 +32,11 @@ T0 = datetime(2026, 3, 1, 9, 30, 15, 123000, tzinfo=UTC)
 NX_SET_DATE = (
     "nx-27017 stores a date given to $set as a naive string ('2026-03-01 09:31:15.123000'); "
     "MongoDB's $set stores the BSON date it is given"
+)
+
+NX_SUBSECOND_RANGE = (
+    "nx-27017 compares dates in range queries to the whole second ($gte 09:30:18.623 matches "
+    "09:30:18.123); MongoDB compares BSON dates to the millisecond"
 )
 
 
@@ -627,3 +637,490 @@ async def test_datetimes_keep_whole_milliseconds(store: Store) -> None:
     got = await store.get_throttle("address:::1")
     assert got is not None
     _assert_same_utc(got.last_failure_at, fine.replace(microsecond=123000))
+
+
+# wearables --------------------------------------------------------------------
+
+
+def device(
+    id: str, *, patient_id: str = "p1", kind: str = "pulse-oximeter", created: datetime = T0
+) -> Device:
+    return Device(id=id, patient_id=patient_id, kind=kind, created_at=created)
+
+
+async def test_add_and_get_device(store: Store) -> None:
+    oximeter = device("d1", kind="oxímetro de pulso")
+    revoked = dataclasses.replace(device("d2", kind="bp-cuff"), revoked_at=at(60))
+    await store.add_device(oximeter)
+    await store.add_device(revoked)
+    assert await store.get_device("d1") == oximeter
+    assert await store.get_device("d2") == revoked
+    assert await store.get_device("d3") is None
+
+
+async def test_add_device_with_a_taken_id_conflicts(store: Store) -> None:
+    await store.add_device(device("d1", patient_id="p1"))
+    with pytest.raises(Conflict):
+        await store.add_device(device("d1", patient_id="p2", kind="bp-cuff"))
+    assert await store.get_device("d1") == device("d1", patient_id="p1")
+    assert await store.list_devices("p2") == []
+
+
+async def test_list_devices_by_creation_then_id_and_by_patient(store: Store) -> None:
+    await store.add_device(device("d3", patient_id="p1", created=at(10)))
+    await store.add_device(device("d2", patient_id="p2", created=at(5)))
+    await store.add_device(device("d1", patient_id="p1", created=at(10)))
+    await store.add_device(device("d4", patient_id="p1", created=at(-3600)))
+    assert [d.id for d in await store.list_devices()] == ["d4", "d2", "d1", "d3"]
+    assert [d.id for d in await store.list_devices("p1")] == ["d4", "d1", "d3"]
+    assert await store.list_devices("p2") == [device("d2", patient_id="p2", created=at(5))]
+    assert await store.list_devices("p9") == []
+
+
+async def test_list_devices_of_an_empty_store(store: Store) -> None:
+    assert await store.list_devices() == []
+
+
+async def test_revoke_device_once(store: Store) -> None:
+    await store.add_device(device("d1"))
+    await store.add_device(device("d2"))
+    assert await store.revoke_device("d1", at(60))
+    assert not await store.revoke_device("d1", at(120))
+    assert await store.revoke_device("d2", at(60))
+    assert not await store.revoke_device("d2", at(60))
+
+
+async def test_revoked_device_keeps_its_revocation_time(backend: Backend, store: Store) -> None:
+    skip_on_nx(backend, NX_SET_DATE)
+    await store.add_device(device("d1"))
+    await store.add_device(device("d2"))
+    await store.revoke_device("d1", at(60))
+    await store.revoke_device("d1", at(120))
+    revoked = await store.get_device("d1")
+    assert revoked == dataclasses.replace(device("d1"), revoked_at=at(60))
+    assert revoked is not None
+    assert not revoked.active
+    assert await store.list_devices("p1") == [revoked, device("d2")]
+    still = await store.get_device("d2")
+    assert still is not None
+    assert still.active
+
+
+async def test_revoke_unknown_device_is_false(store: Store) -> None:
+    await store.add_device(device("d1"))
+    assert not await store.revoke_device("d9", at(60))
+    assert await store.get_device("d9") is None
+    assert await store.get_device("d1") == device("d1")
+
+
+async def test_revoke_a_device_stored_revoked_is_false(store: Store) -> None:
+    await store.add_device(dataclasses.replace(device("d1"), revoked_at=at(1)))
+    assert not await store.revoke_device("d1", at(60))
+    stored = await store.get_device("d1")
+    assert stored is not None
+    assert stored.revoked_at == at(1)
+
+
+# observations -----------------------------------------------------------------
+
+HEART_RATE = "8867-4"
+SPO2 = "59408-5"
+TEMPERATURE = "8310-5"
+UNITS = {HEART_RATE: "/min", SPO2: "%", TEMPERATURE: "Cel"}
+
+
+def reading(
+    seconds: float,
+    *,
+    code: str = HEART_RATE,
+    value: float = 72.0,
+    device_id: str = "d1",
+    patient_id: str = "p1",
+    received: datetime | None = None,
+) -> Observation:
+    return Observation(
+        patient_id=patient_id,
+        device_id=device_id,
+        code=code,
+        value=value,
+        unit=UNITS[code],
+        taken_at=at(seconds),
+        received_at=received or at(seconds + 2),
+    )
+
+
+def in_order(observations: list[Observation]) -> list[Observation]:
+    """The order `observations` promises: taken_at, then device_id, then code."""
+    return sorted(observations, key=lambda o: (o.taken_at, o.device_id, o.code))
+
+
+async def test_add_observations_counts_and_stores_a_batch(store: Store) -> None:
+    batch = [reading(n, value=60.0 + n) for n in range(10)]
+    assert await store.add_observations(batch) == 10
+    assert await store.observations("p1") == batch
+
+
+async def test_an_empty_batch_stores_nothing(store: Store) -> None:
+    assert await store.add_observations([]) == 0
+    assert await store.observations("p1") == []
+    assert await store.latest_observations("p1") == []
+
+
+async def test_a_redelivered_batch_stores_nothing_twice(store: Store) -> None:
+    batch = [reading(n, code=code) for n in range(5) for code in (HEART_RATE, SPO2)]
+    assert await store.add_observations(batch) == 10
+    assert await store.add_observations(batch) == 0
+    assert await store.add_observations(list(reversed(batch))) == 0
+    assert await store.observations("p1") == in_order(batch)
+
+
+async def test_a_partly_redelivered_batch_counts_only_the_new(store: Store) -> None:
+    first = [reading(n) for n in range(4)]
+    assert await store.add_observations(first) == 4
+    second = [reading(n) for n in range(2, 7)]
+    assert await store.add_observations(second) == 3
+    assert await store.observations("p1") == [reading(n) for n in range(7)]
+
+
+async def test_duplicates_inside_one_batch_count_once(store: Store) -> None:
+    batch = [reading(1), reading(2), reading(1), reading(3), reading(2), reading(1)]
+    assert await store.add_observations(batch) == 3
+    assert await store.observations("p1") == [reading(1), reading(2), reading(3)]
+
+
+async def test_a_stored_reading_is_never_replaced(store: Store) -> None:
+    """The key identifies the reading: a later copy (even a different one) is absorbed."""
+    assert await store.add_observations([reading(1, value=72.0)]) == 1
+    resent = reading(1, value=99.0, received=at(500))
+    assert await store.add_observations([resent]) == 0
+    assert await store.observations("p1") == [reading(1, value=72.0)]
+
+
+async def test_the_key_is_device_code_and_time(store: Store) -> None:
+    batch = [
+        reading(1, code=HEART_RATE, device_id="d1"),
+        reading(2, code=HEART_RATE, device_id="d1"),  # same device and code, later
+        reading(1, code=SPO2, device_id="d1"),  # same device and time, other code
+        reading(1, code=HEART_RATE, device_id="d2"),  # same code and time, other device
+        reading(1.001, code=HEART_RATE, device_id="d1"),  # one millisecond later
+    ]
+    assert await store.add_observations(batch) == 5
+    assert await store.observations("p1") == in_order(batch)
+
+
+async def test_observations_order_by_time_then_device_then_code(store: Store) -> None:
+    batch = [
+        reading(5, code=SPO2, device_id="d2"),
+        reading(5, code=HEART_RATE, device_id="d2"),
+        reading(5, code=TEMPERATURE, device_id="d1"),
+        reading(-1, code=SPO2, device_id="d9"),
+        reading(9, code=HEART_RATE, device_id="d0"),
+        reading(5, code=HEART_RATE, device_id="d1"),
+    ]
+    await store.add_observations(batch)
+    expected = [  # codes compare as text: "59408-5" < "8310-5" < "8867-4"
+        reading(-1, code=SPO2, device_id="d9"),
+        reading(5, code=TEMPERATURE, device_id="d1"),
+        reading(5, code=HEART_RATE, device_id="d1"),
+        reading(5, code=SPO2, device_id="d2"),
+        reading(5, code=HEART_RATE, device_id="d2"),
+        reading(9, code=HEART_RATE, device_id="d0"),
+    ]
+    assert await store.observations("p1") == expected
+    assert await store.observations("p1", newest_first=True) == expected[::-1]
+    assert await store.observations("p1", limit=2, newest_first=True) == expected[:-3:-1]
+
+
+async def test_observations_filters(store: Store) -> None:
+    batch = [reading(n, code=code) for n in range(10) for code in (HEART_RATE, SPO2)]
+    await store.add_observations(batch)
+
+    def expect(code: str | None = None, lo: float = -1e9, hi: float = 1e9) -> list[Observation]:
+        return [
+            o
+            for o in in_order(batch)
+            if (code is None or o.code == code) and at(lo) <= o.taken_at <= at(hi)
+        ]
+
+    assert await store.observations("p1", code=SPO2) == expect(SPO2)
+    assert await store.observations("p1", code=TEMPERATURE) == []
+    assert await store.observations("p1", since=at(7)) == expect(lo=7)
+    assert await store.observations("p1", until=at(2)) == expect(hi=2)
+    assert await store.observations("p1", since=at(3), until=at(5)) == expect(lo=3, hi=5)
+    assert await store.observations("p1", since=at(4), until=at(4)) == expect(lo=4, hi=4)
+    assert await store.observations("p1", since=at(6), until=at(5)) == []
+    assert await store.observations("p1", code=HEART_RATE, since=at(2), until=at(8)) == expect(
+        HEART_RATE, 2, 8
+    )
+    assert await store.observations("p1", code=HEART_RATE, limit=3) == expect(HEART_RATE)[:3]
+    assert await store.observations("p1", limit=100) == expect()
+    assert await store.observations("p1", limit=0) == []
+    # the newest few, as a chart of the last readings asks for them
+    assert (
+        await store.observations("p1", code=SPO2, until=at(8), limit=3, newest_first=True)
+        == expect(SPO2, hi=8)[::-1][:3]
+    )
+    assert await store.observations("p1", since=at(8), newest_first=True) == expect(lo=8)[::-1]
+
+
+async def test_observation_bounds_are_exact_to_the_millisecond(
+    backend: Backend, store: Store
+) -> None:
+    skip_on_nx(backend, NX_SUBSECOND_RANGE)
+    await store.add_observations([reading(n) for n in (3, 3.5, 3.501, 4)])
+    assert await store.observations("p1", since=at(3.1), until=at(3.9)) == [
+        reading(3.5),
+        reading(3.501),
+    ]
+    assert await store.observations("p1", since=at(3.501)) == [reading(3.501), reading(4)]
+    assert await store.observations("p1", until=at(3.5)) == [reading(3), reading(3.5)]
+    assert await store.observations("p1", since=at(3.2), until=at(3.4)) == []
+
+
+async def test_observation_bounds_are_instants(store: Store) -> None:
+    """A bound given in another offset is the same instant in UTC."""
+    await store.add_observations([reading(n) for n in range(5)])
+    plus_two = timezone(timedelta(hours=2))
+    got = await store.observations(
+        "p1", since=at(1).astimezone(plus_two), until=at(3).astimezone(plus_two)
+    )
+    assert got == [reading(1), reading(2), reading(3)]
+
+
+VALUES = [
+    0.0,
+    -40.0,
+    36.6,
+    0.1 + 0.2,
+    1 / 3,
+    98,
+    5e-324,
+    1.7976931348623157e308,
+    -2.2250738585072014e-308,
+    123456789.12345679,
+]
+
+
+async def test_values_round_trip_exactly(store: Store) -> None:
+    batch = [reading(n, value=v) for n, v in enumerate(VALUES)]
+    assert await store.add_observations(batch) == len(VALUES)
+    got = await store.observations("p1")
+    assert [o.value for o in got] == VALUES
+    assert all(type(o.value) is float for o in got)
+
+
+@pytest.mark.parametrize("moment", MOMENTS)
+async def test_monitoring_datetimes_round_trip_as_utc(store: Store, moment: datetime) -> None:
+    await store.add_device(dataclasses.replace(device("d1"), created_at=moment))
+    await store.add_device(dataclasses.replace(device("d2"), revoked_at=moment))
+    taken = dataclasses.replace(reading(0), taken_at=moment)
+    received = dataclasses.replace(reading(0, code=SPO2), received_at=moment)
+    assert await store.add_observations([taken, received]) == 2
+    assert await store.add_observations([taken]) == 0  # the key holds at any instant
+
+    got_d1, got_d2 = await store.get_device("d1"), await store.get_device("d2")
+    assert got_d1 is not None
+    assert got_d2 is not None
+    _assert_same_utc(got_d1.created_at, moment)
+    _assert_same_utc(got_d2.revoked_at, moment)
+    [got_taken] = await store.observations("p1", code=HEART_RATE)
+    [got_received] = await store.observations("p1", code=SPO2)
+    assert (got_taken, got_received) == (taken, received)
+    _assert_same_utc(got_taken.taken_at, moment)
+    _assert_same_utc(got_received.received_at, moment)
+    assert await store.observations("p1", code=HEART_RATE, since=moment, until=moment) == [taken]
+
+
+@pytest.mark.parametrize("moment", MOMENTS)
+async def test_device_revocation_time_round_trips_as_utc(
+    backend: Backend, store: Store, moment: datetime
+) -> None:
+    skip_on_nx(backend, NX_SET_DATE)
+    await store.add_device(device("d1"))
+    assert await store.revoke_device("d1", moment)
+    got = await store.get_device("d1")
+    assert got is not None
+    _assert_same_utc(got.revoked_at, moment)
+
+
+async def test_latest_observations_per_code(store: Store) -> None:
+    newest = [
+        reading(30, code=SPO2, value=95.0, device_id="d1"),
+        reading(20, code=HEART_RATE, value=80.0, device_id="d2"),
+        reading(40, code=TEMPERATURE, value=37.2, device_id="d3"),
+    ]
+    older = [
+        reading(29.999, code=SPO2, value=97.0, device_id="d1"),
+        reading(10, code=SPO2, value=98.0, device_id="d2"),
+        reading(19, code=HEART_RATE, value=70.0, device_id="d1"),
+        reading(-5, code=TEMPERATURE, value=36.5, device_id="d3"),
+    ]
+    assert await store.latest_observations("p1") == []
+    await store.add_observations(newest[:1] + older[:2])
+    await store.add_observations(newest[1:])  # the newest of a code need not come last
+    await store.add_observations(older[2:])
+    latest = await store.latest_observations("p1")
+    assert latest == sorted(newest, key=lambda o: o.code)
+    assert [o.code for o in latest] == sorted([HEART_RATE, SPO2, TEMPERATURE])
+
+
+async def test_latest_observation_of_a_tie_is_the_newest_first_one(store: Store) -> None:
+    """Two devices measured the same code at the same instant: the adapters agree on which
+    is latest (the first that `observations(newest_first=True)` lists)."""
+    tie = [reading(5, device_id="d1", value=70.0), reading(5, device_id="d2", value=71.0)]
+    await store.add_observations([*tie, reading(1, device_id="d3")])
+    [first, *_] = await store.observations("p1", code=HEART_RATE, newest_first=True)
+    assert await store.latest_observations("p1") == [first]
+    assert first == tie[1]
+
+
+async def test_observations_of_one_patient_only(store: Store) -> None:
+    mine = [reading(n, code=code) for n in range(3) for code in (HEART_RATE, SPO2)]
+    theirs = [
+        reading(n, code=code, device_id="d2", patient_id="p2", value=50.0)
+        for n in range(5)
+        for code in (HEART_RATE, TEMPERATURE)
+    ]
+    assert await store.add_observations([*theirs[:5], *mine, *theirs[5:]]) == 16
+    assert await store.observations("p1") == in_order(mine)
+    assert await store.observations("p1", code=TEMPERATURE) == []
+    assert await store.observations("p1", newest_first=True, limit=50) == in_order(mine)[::-1]
+    assert await store.latest_observations("p1") == [reading(2, code=SPO2), reading(2)]
+    assert await store.observations("p2") == in_order(theirs)
+    assert [o.patient_id for o in await store.latest_observations("p2")] == ["p2", "p2"]
+    assert await store.observations("p9") == []
+    assert await store.latest_observations("p9") == []
+
+
+async def test_a_large_batch(store: Store) -> None:
+    count = 5_000
+    batch = [
+        reading(n / 1000, code=(HEART_RATE, SPO2)[n % 2], device_id=f"d{n % 3}", value=n / 7)
+        for n in range(count)
+    ]
+    async with asyncio.timeout(60):
+        assert await store.add_observations(batch) == count
+        assert await store.add_observations(batch) == 0
+        assert await store.add_observations([*batch[-10:], reading(99)]) == 1
+        stored = await store.observations("p1")
+    assert stored == in_order([*batch, reading(99)])
+    assert await store.observations("p1", code=SPO2, newest_first=True, limit=2) == [
+        batch[-1],
+        batch[-3],
+    ]
+
+
+async def test_data_outlives_the_store_that_wrote_it_too(backend: Backend) -> None:
+    first = await backend.open()
+    await first.add_device(device("d1"))
+    await first.add_observations([reading(1), reading(2)])
+    await backend.close(first)
+    second = await backend.open()
+    assert await second.list_devices() == [device("d1")]
+    assert await second.add_observations([reading(2), reading(3)]) == 1
+    assert await second.observations("p1") == [reading(1), reading(2), reading(3)]
+
+
+async def test_a_closed_store_refuses_observations(backend: Backend) -> None:
+    store = await backend.open()
+    await backend.close(store)
+    with pytest.raises(StoreUnavailable):
+        await store.add_observations([reading(1)])
+
+
+async def test_concurrent_overlapping_batches_store_each_reading_once(
+    backend: Backend, store: Store
+) -> None:
+    """Ingestion in two processes (two store instances), handed overlapping redeliveries."""
+    other = await backend.open()
+    writers, size, step = 8, 300, 100  # writer w sends readings w*step .. w*step+size-1
+
+    async def write(target: Store, w: int) -> int:
+        batch = [
+            reading(n / 10, code=(HEART_RATE, SPO2)[n % 2], value=float(n))
+            for n in range(w * step, w * step + size)
+        ]
+        return await target.add_observations(batch)
+
+    async with asyncio.timeout(60):
+        counts = await asyncio.gather(
+            *(write(store if w % 2 else other, w) for w in range(writers))
+        )
+    distinct = (writers - 1) * step + size
+    assert sum(counts) == distinct
+    stored = await other.observations("p1")
+    assert len(stored) == distinct
+    assert len({o.key for o in stored}) == distinct
+    assert stored == in_order(
+        [reading(n / 10, code=(HEART_RATE, SPO2)[n % 2], value=float(n)) for n in range(distinct)]
+    )
+
+
+# adapter specifics ------------------------------------------------------------
+
+
+async def test_sqlite_commits_are_synced(tmp_path: Path) -> None:
+    """Acknowledged means durable: readings are acknowledged to the broker after commit."""
+    store = await SqliteStore.open(f"sqlite:///{tmp_path / 'store.db'}")
+    try:
+        [row] = await store.rows("PRAGMA synchronous")
+        assert row[0] == 2  # FULL (NORMAL, 1, can lose the last commits on power loss)
+        [row] = await store.rows("PRAGMA journal_mode")
+        assert row[0] == "wal"
+    finally:
+        await store.close()
+
+
+async def test_sqlite_upgrades_a_database_of_schema_1(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        for statement in _statements(MIGRATIONS[0]):
+            conn.execute(statement)
+        conn.execute("PRAGMA user_version = 1")
+        conn.execute("INSERT INTO clinic_settings VALUES ('clinic.name', 'Posto')")
+    finally:
+        conn.close()
+    store = await SqliteStore.open(f"sqlite:///{path}")
+    try:
+        [row] = await store.rows("PRAGMA user_version")
+        assert row[0] == len(MIGRATIONS)
+        assert await store.get_setting("clinic.name") == "Posto"
+        await store.add_device(device("d1"))
+        assert await store.add_observations([reading(1)]) == 1
+    finally:
+        await store.close()
+
+
+def _bulk_error(n_inserted: int, codes: list[int], concern: bool = False) -> BulkWriteError:
+    return BulkWriteError(
+        {
+            "nInserted": n_inserted,
+            "writeErrors": [
+                {"index": i, "code": code, "errmsg": "refused", "op": {"value": 97.0}}
+                for i, code in enumerate(codes)
+            ],
+            "writeConcernErrors": (
+                [{"code": 64, "errmsg": "waiting for replication timed out"}] if concern else []
+            ),
+        }
+    )
+
+
+def test_mongodb_duplicates_alone_are_a_success() -> None:
+    assert _inserted_besides_duplicates(_bulk_error(7, [11000, 11000])) == 7
+    assert _inserted_besides_duplicates(_bulk_error(0, [11000])) == 0
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param(_bulk_error(3, [11000, 121]), id="another-write-error"),
+        pytest.param(_bulk_error(3, [11000], concern=True), id="write-concern-error"),
+        pytest.param(_bulk_error(3, [], concern=True), id="write-concern-error-alone"),
+    ],
+)
+def test_mongodb_any_other_bulk_error_is_unavailable(error: BulkWriteError) -> None:
+    with pytest.raises(StoreUnavailable) as raised:
+        _inserted_besides_duplicates(error)
+    assert "97.0" not in str(raised.value)  # never the readings themselves
