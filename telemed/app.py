@@ -6,7 +6,10 @@ stored under a typed key from `telemed.web.keys`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -16,7 +19,9 @@ import jinja2
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from devices.broker import BrokerProbe, MosquittoSupervisor
+from devices.broker import BrokerProbe, MosquittoSupervisor, broker_access
+from devices.enrollment import Enrollment
+from devices.ingest import Ingestor, IngestSettings
 from telemed.clinic import Clinic
 from telemed.clock import Clock, utcnow
 from telemed.sessions import SessionPolicy
@@ -25,8 +30,11 @@ from telemed.store import Store, open_store
 from telemed.throttle import LoginThrottling, ThrottlePolicy
 from telemed.web import api, auth, fhir, ops, pages
 from telemed.web.keys import (
+    BROKER,
     CLINIC,
     CLOCK,
+    ENROLLMENT,
+    INGESTOR,
     METRICS,
     PROBES,
     REGISTRY,
@@ -66,17 +74,48 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
-    mqtt = app[SETTINGS].mqtt
+    settings = app[SETTINGS]
+    mqtt = settings.mqtt
     supervisor = None
     if mqtt.embedded:
-        supervisor = MosquittoSupervisor(mqtt.mosquitto, mqtt.port, app[SETTINGS].var_dir)
+        supervisor = MosquittoSupervisor(mqtt.mosquitto, mqtt.port, settings.var_dir)
         await supervisor.start()
+    app[BROKER] = access = await asyncio.to_thread(broker_access, mqtt, settings.var_dir)
+    app[ENROLLMENT] = Enrollment(app[CLINIC], access)
     app[PROBES].append(
-        BrokerProbe(mqtt.host, mqtt.port, mqtt.username, mqtt.password.reveal(), mqtt.tls)
+        BrokerProbe(access.host, access.port, access.username, access.password, access.tls)
     )
     yield
     if supervisor is not None:
         await supervisor.stop()
+
+
+def ingest_settings(settings: Settings) -> IngestSettings:
+    m = settings.monitoring
+    node = m.node_id or socket.gethostname()
+    return IngestSettings(
+        client_id=f"telemed-ingest-{node}"[:64],
+        batch_max=m.batch_max,
+        batch_wait=m.batch_wait_ms / 1000,
+        receive_maximum=m.receive_maximum,
+        max_age=timedelta(hours=m.max_age_hours),
+        max_skew=timedelta(seconds=m.max_skew_seconds),
+        max_bytes=m.max_payload_bytes,
+    )
+
+
+async def ingest_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Consume vitals while the app runs; the task is cancelled and awaited on shutdown."""
+    if not app[SETTINGS].monitoring.ingest:
+        yield
+        return
+    ingestor = Ingestor(app[STORE], app[CLOCK], app[BROKER], ingest_settings(app[SETTINGS]))
+    app[INGESTOR] = ingestor
+    task = asyncio.create_task(ingestor.run(), name="ingest")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def create_app(settings: Settings, *, clock: Clock = utcnow) -> web.Application:
@@ -110,6 +149,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> web.Application:
     app.on_response_prepare.append(security_headers)
     app.cleanup_ctx.append(store_ctx)
     app.cleanup_ctx.append(broker_ctx)
+    app.cleanup_ctx.append(ingest_ctx)
     for table in (auth.routes, pages.routes, api.routes, fhir.routes, ops.routes):
         app.router.add_routes(table)
     static = app.router.add_static("/static/", STATIC, name="static", append_version=True)

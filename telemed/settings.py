@@ -86,6 +86,18 @@ class SecuritySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class MonitoringSettings:
+    ingest: bool  # consume wearable vitals from the broker in this process
+    node_id: str  # names this process's persistent MQTT session; "" derives it from the host
+    max_age_hours: int = field(metadata={"min": 1})
+    max_skew_seconds: int = field(metadata={"min": 0})
+    max_payload_bytes: int = field(metadata={"min": 256, "max": 1024 * 1024})
+    batch_max: int = field(metadata={"min": 1})
+    batch_wait_ms: int = field(metadata={"min": 1})
+    receive_maximum: int = field(metadata={"min": 1, "max": 65535})
+
+
+@dataclass(frozen=True, slots=True)
 class DemoSettings:
     seed: bool
 
@@ -102,6 +114,7 @@ class Settings:
     store: StoreSettings
     mqtt: MqttSettings
     security: SecuritySettings
+    monitoring: MonitoringSettings
     demo: DemoSettings
     log: LogSettings
     var_dir: Path = field(default=Path("var"))  # resolved beside the config file
@@ -125,6 +138,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "store": StoreSettings,
     "mqtt": MqttSettings,
     "security": SecuritySettings,
+    "monitoring": MonitoringSettings,
     "demo": DemoSettings,
     "log": LogSettings,
 }
@@ -136,7 +150,7 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
+        raise ConfigError(f"{path.resolve()}: config file not found (pass --config PATH)") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     return settings_from_mapping(raw, environ, base_dir=path.resolve().parent)

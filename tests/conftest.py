@@ -99,6 +99,7 @@ def make_settings(tmp_path: Path, broker_port: int, **env: str) -> Settings:
         "TELEMED_MQTT_PORT": str(broker_port),
         "TELEMED_SERVER_PORT": "0",
         "TELEMED_DEMO_SEED": "false",
+        "TELEMED_MONITORING_INGEST": "false",  # the ingestion tests turn it on
         **env,
     }
     return load_settings(ROOT / "config.toml", environ)

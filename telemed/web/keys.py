@@ -5,6 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from devices.broker import BrokerAccess
+from devices.enrollment import Enrollment
+from devices.ingest import Ingestor
 from telemed.clinic import Clinic
 from telemed.clock import Clock
 from telemed.probes import Probe
@@ -23,3 +26,6 @@ THROTTLE_POLICY = web.AppKey("throttle_policy", LoginThrottling)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 METRICS = web.AppKey("metrics", Metrics)
 PROBES = web.AppKey("probes", list[Probe])
+BROKER = web.AppKey("broker", BrokerAccess)
+ENROLLMENT = web.AppKey("enrollment", Enrollment)
+INGESTOR = web.AppKey("ingestor", Ingestor)

@@ -39,9 +39,16 @@ def alive(pid: int) -> bool:
     return True
 
 
-async def round_trip(port: int, topic: str, payload: bytes) -> None:
-    """Subscribe, publish and receive one message through the broker on `port`."""
-    async with asyncio.timeout(WAIT), aiomqtt.Client(HOST, port) as client:
+def admin(broker: MosquittoSupervisor) -> dict[str, str]:
+    """The server's own broker account: anonymous clients are refused."""
+    assert broker.admin is not None
+    return {"username": broker.admin.username, "password": broker.admin.password}
+
+
+async def round_trip(broker: MosquittoSupervisor, topic: str, payload: bytes) -> None:
+    """Subscribe, publish and receive one message through the broker."""
+    port = broker.port
+    async with asyncio.timeout(WAIT), aiomqtt.Client(HOST, port, **admin(broker)) as client:
         await client.subscribe(topic, qos=1)
         await client.publish(topic, payload, qos=1)
         async for message in client.messages:
@@ -50,9 +57,9 @@ async def round_trip(port: int, topic: str, payload: bytes) -> None:
             return
 
 
-async def retained(port: int, topic: str) -> bytes | None:
+async def retained(broker: MosquittoSupervisor, topic: str) -> bytes | None:
     """The retained message on `topic`, or None if the broker answers without one."""
-    async with aiomqtt.Client(HOST, port) as client:
+    async with aiomqtt.Client(HOST, broker.port, **admin(broker)) as client:
         await client.subscribe(topic, qos=1)
         # a marker published after subscribing arrives after any retained message
         marker = f"{topic}/marker"
@@ -70,8 +77,8 @@ async def retained(port: int, topic: str) -> bytes | None:
 async def test_supervisor_runs_a_real_broker(supervisor: MosquittoSupervisor) -> None:
     assert supervisor.pid is not None
     assert alive(supervisor.pid)
-    await round_trip(supervisor.port, "devices/test/vitals", b'{"hr": 61}')
-    await BrokerProbe(HOST, supervisor.port).check()
+    await round_trip(supervisor, "telemed/test/vitals", b'{"hr": 61}')
+    await BrokerProbe(HOST, supervisor.port, **admin(supervisor)).check()
     assert supervisor.restarts == 0
 
 
@@ -79,7 +86,7 @@ async def test_a_killed_broker_is_restarted(supervisor: MosquittoSupervisor) -> 
     first = supervisor.pid
     assert first is not None
     os.kill(first, signal.SIGKILL)
-    probe = BrokerProbe(HOST, supervisor.port)
+    probe = BrokerProbe(HOST, supervisor.port, **admin(supervisor))
     async with asyncio.timeout(WAIT):
         while True:
             if supervisor.restarts == 1 and supervisor.pid != first:
@@ -93,7 +100,7 @@ async def test_a_killed_broker_is_restarted(supervisor: MosquittoSupervisor) -> 
     assert supervisor.restarts == 1
     assert supervisor.pid is not None
     assert alive(supervisor.pid)
-    await round_trip(supervisor.port, "devices/test/after-restart", b"ok")
+    await round_trip(supervisor, "telemed/test/after-restart", b"ok")
 
 
 async def test_stop_leaves_no_process_and_a_second_start_works(tmp_path: Path) -> None:
@@ -111,8 +118,8 @@ async def test_stop_leaves_no_process_and_a_second_start_works(tmp_path: Path) -
     await second.start()
     try:
         assert second.pid not in (None, pid)
-        await BrokerProbe(HOST, port).check()
-        await round_trip(port, "devices/test/second", b"again")
+        await BrokerProbe(HOST, port, **admin(second)).check()
+        await round_trip(second, "telemed/test/second", b"again")
     finally:
         await second.stop()
     assert second.pid is not None
@@ -126,8 +133,8 @@ async def test_retained_messages_survive_a_restart(tmp_path: Path) -> None:
     first = MosquittoSupervisor(binary="mosquitto", port=port, var_dir=tmp_path)
     await first.start()
     try:
-        async with aiomqtt.Client(HOST, port) as client:
-            await client.publish("devices/test/state", b"kept", qos=1, retain=True)
+        async with aiomqtt.Client(HOST, port, **admin(first)) as client:
+            await client.publish("telemed/test/state", b"kept", qos=1, retain=True)
     finally:
         await first.stop()
     assert (tmp_path / "mosquitto" / "mosquitto.db").is_file(), "nothing was persisted"
@@ -135,7 +142,7 @@ async def test_retained_messages_survive_a_restart(tmp_path: Path) -> None:
     second = MosquittoSupervisor(binary="mosquitto", port=port, var_dir=tmp_path)
     await second.start()
     try:
-        assert await retained(port, "devices/test/state") == b"kept"
+        assert await retained(second, "telemed/test/state") == b"kept"
     finally:
         await second.stop()
 
@@ -165,3 +172,11 @@ async def test_probe_names_the_address_when_nothing_listens() -> None:
         assert check.connect_ex((HOST, port)) != 0
     with pytest.raises(BrokerError, match=f"{HOST}:{port}"):
         await BrokerProbe(HOST, port).check()
+
+
+async def test_the_embedded_broker_refuses_anonymous_clients(
+    supervisor: MosquittoSupervisor,
+) -> None:
+    with pytest.raises(aiomqtt.MqttError, match="Not authorized|not authori"):
+        async with aiomqtt.Client(HOST, supervisor.port, identifier="anonymous-test"):
+            pass

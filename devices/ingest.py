@@ -1,0 +1,265 @@
+"""Ingestion: wearable vitals from MQTT into the store, at least once, never twice.
+
+- One persistent MQTT 5 session per server process (stable client id, clean start off,
+  a session expiry), subscribed at QoS 1 through a shared subscription
+  (`$share/telemed/...`) so that several processes split the stream.
+- Messages are decoded as they arrive and grouped into batches; a batch is committed in
+  one store transaction, and only then are its messages acknowledged (manual PUBACK, in
+  arrival order). A crash before the acknowledgement makes the broker deliver them again;
+  the store's unique key (device, code, time) absorbs the repeats.
+- Back-pressure: the session's Receive Maximum bounds how many unacknowledged messages
+  the broker sends. While the store is slow or down, acknowledgements stop, so the broker
+  stops sending and keeps the rest; memory stays bounded.
+- Refusals go back to the device on its `errors` topic; the valid readings of the same
+  pack are kept. One bad message never stops the consumer.
+- The connection is re-established with capped exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TypeVar
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from devices import manual_ack
+from devices.broker import BrokerAccess
+from devices.dynsec import topic
+from devices.inbox import client_with_inbox, receive
+from devices.payloads import decode
+from devices.readings import Refusal
+from telemed.clock import Clock
+from telemed.errors import StoreUnavailable
+from telemed.monitoring import Device, Observation
+from telemed.store import Store
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+VITALS = "telemed/v1/devices/+/vitals"
+DEVICE_CACHE_SECONDS = 60.0
+MAX_BACKOFF = 30.0
+IDLE_CHECK = 1.0  # seconds between connection checks while no message comes
+
+OnStored = Callable[[Sequence[Observation]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class IngestSettings:
+    client_id: str  # stable per process: the broker keeps its session by this id
+    share_group: str = "telemed"
+    batch_max: int = 5000  # readings in one commit
+    batch_wait: float = 0.05  # seconds a batch stays open after its first message
+    receive_maximum: int = 1000  # unacknowledged messages the broker may send us
+    session_expiry: int = 7 * 24 * 3600  # seconds the broker keeps our session offline
+    max_age: timedelta = timedelta(hours=24)
+    max_skew: timedelta = timedelta(minutes=2)
+    max_bytes: int = 16384
+
+
+@dataclass
+class IngestStats:
+    messages: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    refused: int = 0
+    batches: int = 0
+    store_retries: int = 0
+    reconnects: int = 0
+
+
+@dataclass
+class _Batch:
+    observations: list[Observation] = field(default_factory=list)
+    mids: list[int] = field(default_factory=list)
+    refusals: list[tuple[str, Refusal]] = field(default_factory=list)
+    opened: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.mids)
+
+
+class Ingestor:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        broker: BrokerAccess,
+        settings: IngestSettings,
+        on_stored: OnStored | None = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.broker = broker
+        self.settings = settings
+        self.on_stored = on_stored
+        self.stats = IngestStats()
+        self.connected = asyncio.Event()  # set while subscribed
+        self._devices: dict[str, tuple[float, Device]] = {}
+
+    # the loop -----------------------------------------------------------------------
+    async def run(self) -> None:
+        """Consume until cancelled, reconnecting with capped backoff."""
+        backoff = 0.5
+        while True:
+            try:
+                await self._session()
+            except aiomqtt.MqttError as exc:
+                log.warning("ingest: MQTT connection lost (%s); retrying in %.1f s", exc, backoff)
+            finally:
+                self.connected.clear()
+            self.stats.reconnects += 1
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF)
+
+    def _client(self) -> tuple[aiomqtt.Client, asyncio.Queue[aiomqtt.Message]]:
+        b, s = self.broker, self.settings
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = s.session_expiry
+        properties.ReceiveMaximum = s.receive_maximum
+        client, inbox = client_with_inbox(
+            b.host,
+            b.port,
+            username=b.username or None,
+            password=b.password or None,
+            identifier=s.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False,
+            properties=properties,
+            tls_params=aiomqtt.TLSParameters() if b.tls else None,
+            timeout=10.0,
+        )
+        manual_ack.enable(client)
+        return client, inbox
+
+    async def _session(self) -> None:
+        client, inbox = self._client()
+        async with client:
+            share = f"$share/{self.settings.share_group}/{VITALS}"
+            await client.subscribe(share, qos=1)
+            self.connected.set()
+            log.info("ingest: subscribed to %s", share)
+            await self._consume(client, inbox)
+
+    async def _consume(self, client: aiomqtt.Client, inbox: asyncio.Queue[aiomqtt.Message]) -> None:
+        """Batches: open on the first message, commit when full or `batch_wait` later.
+        The inbox holds at most Receive Maximum messages: the broker waits for our acks."""
+        batch = _Batch()
+        while True:
+            if not batch:
+                message = await receive(client, inbox, IDLE_CHECK)
+                if message is None:
+                    continue
+                batch.opened = time.monotonic()
+            else:
+                left = batch.opened + self.settings.batch_wait - time.monotonic()
+                message = inbox.get_nowait() if not inbox.empty() else None
+                if message is None and left > 0:
+                    message = await receive(client, inbox, left)
+                if message is None:
+                    await self._commit(client, batch)
+                    batch = _Batch()
+                    continue
+            await self._accept(message, batch)
+            if len(batch.observations) >= self.settings.batch_max:
+                await self._commit(client, batch)
+                batch = _Batch()
+
+    # one message ----------------------------------------------------------------------
+    async def _accept(self, message: aiomqtt.Message, batch: _Batch) -> None:
+        self.stats.messages += 1
+        if message.qos > 0:
+            batch.mids.append(message.mid)
+        parts = message.topic.value.split("/")
+        if len(parts) != 5 or parts[4] != "vitals":
+            log.warning("ingest: message on an unexpected topic ignored")
+            return
+        device = await self._device(parts[3])
+        if device is None or not device.active:
+            self.stats.refused += 1
+            log.warning("ingest: message from unknown or revoked device %s ignored", parts[3])
+            return
+        payload = message.payload
+        raw = payload if isinstance(payload, bytes | bytearray) else str(payload).encode()
+        now = self.clock()
+        s = self.settings
+        decoded = decode(
+            bytes(raw),
+            device.id,
+            now=now,
+            max_age=s.max_age,
+            max_skew=s.max_skew,
+            max_bytes=s.max_bytes,
+        )
+        for r in decoded.readings:
+            batch.observations.append(
+                Observation(
+                    device.patient_id, r.device_id, r.code, r.value, r.unit, r.taken_at, now
+                )
+            )
+        for refusal in decoded.refusals:
+            batch.refusals.append((device.id, refusal))
+
+    async def _device(self, device_id: str) -> Device | None:
+        cached = self._devices.get(device_id)
+        if cached is not None and time.monotonic() - cached[0] < DEVICE_CACHE_SECONDS:
+            return cached[1]
+        device = await self._with_store_retry(lambda: self.store.get_device(device_id))
+        if device is not None:
+            self._devices[device_id] = (time.monotonic(), device)
+        return device
+
+    async def _with_store_retry(self, op: Callable[[], Awaitable[T]]) -> T:
+        backoff = 0.1
+        while True:
+            try:
+                return await op()
+            except StoreUnavailable as exc:
+                self.stats.store_retries += 1
+                log.warning("ingest: store unavailable (%s); retrying in %.1f s", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    # one batch ------------------------------------------------------------------------
+    async def _commit(self, client: aiomqtt.Client, batch: _Batch) -> None:
+        """Store, then acknowledge, then tell devices what was refused."""
+        if batch.observations:
+            observations = batch.observations
+            new = await self._with_store_retry(lambda: self.store.add_observations(observations))
+            self.stats.stored += new
+            self.stats.duplicates += len(observations) - new
+        for mid in batch.mids:
+            manual_ack.ack(client, mid)
+        self.stats.batches += 1
+        self.stats.refused += len(batch.refusals)
+        if batch.refusals:
+            await asyncio.gather(
+                *(self._refuse(client, device_id, r) for device_id, r in batch.refusals)
+            )
+        if self.on_stored is not None and batch.observations:
+            try:
+                await self.on_stored(batch.observations)
+            except Exception:
+                log.exception("ingest: live feed failed (the readings are stored)")
+
+    @staticmethod
+    async def _refuse(client: aiomqtt.Client, device_id: str, refusal: Refusal) -> None:
+        body = {
+            "device_id": device_id,
+            "record": refusal.record,
+            "field": refusal.field,
+            "name": refusal.name,
+            "reason": refusal.reason,
+        }
+        try:
+            await client.publish(topic(device_id, "errors"), json.dumps(body), qos=1)
+        except aiomqtt.MqttError:
+            log.warning("ingest: could not send a refusal to device %s", device_id)

@@ -1,0 +1,184 @@
+"""Ingestion through a real Mosquitto: stored once, acknowledged after commit, refusals
+sent back, duplicates absorbed, the store's outage absorbed by back-pressure."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import aiomqtt
+import pytest_asyncio
+
+from devices.enrollment import Enrolled
+from devices.ingest import Ingestor, IngestSettings
+from telemed.clock import utcnow
+from telemed.errors import StoreUnavailable
+from telemed.monitoring import Observation
+from tests.devices.conftest import Rig
+
+
+def recent() -> int:
+    """An absolute time a minute ago: the same payload then means the same readings."""
+    return int(utcnow().timestamp()) - 60
+
+
+class Stored:
+    """Collects what the ingestor reports stored; lets a test wait for a count."""
+
+    def __init__(self) -> None:
+        self.observations: list[Observation] = []
+        self.changed = asyncio.Event()
+
+    async def __call__(self, batch: Sequence[Observation]) -> None:
+        self.observations.extend(batch)
+        self.changed.set()
+
+    async def wait_for(self, ingestor: Ingestor, messages: int, within: float = 10.0) -> None:
+        """Until the ingestor has committed `messages` messages."""
+        async with asyncio.timeout(within):
+            while ingestor.stats.messages < messages or ingestor.stats.batches == 0:
+                self.changed.clear()
+                await self.changed.wait()
+
+
+@pytest_asyncio.fixture
+async def ingesting(rig: Rig) -> AsyncIterator[tuple[Ingestor, Stored]]:
+    stored = Stored()
+    ingestor = Ingestor(
+        rig.store,
+        utcnow,
+        rig.access,
+        IngestSettings(client_id="test-ingest", batch_wait=0.01),
+        on_stored=stored,
+    )
+    task = asyncio.create_task(ingestor.run())
+    try:
+        async with asyncio.timeout(10):
+            await ingestor.connected.wait()
+        yield ingestor, stored
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def device(enrolled: Enrolled, name: str = "") -> aiomqtt.Client:
+    data = enrolled.as_json()
+    return aiomqtt.Client(
+        data["host"],
+        data["port"],
+        username=data["username"],
+        password=data["password"],
+        identifier=name or data["username"],
+        timeout=5.0,
+    )
+
+
+async def errors_of(client: aiomqtt.Client, count: int) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    async with asyncio.timeout(10):
+        async for message in client.messages:
+            out.append(json.loads(bytes(message.payload)))  # type: ignore[arg-type]
+            if len(out) == count:
+                return out
+    return out
+
+
+async def test_a_pack_is_stored_with_the_enrolled_patient(
+    rig: Rig, ingesting: tuple[Ingestor, Stored]
+) -> None:
+    ingestor, stored = ingesting
+    enrolled = await rig.enroll()
+    async with device(enrolled) as d:
+        payload = {"t": 0, "hr": 72, "spo2": 97, "sys": 121, "dia": 79, "temp": 36.8, "rr": 14}
+        await d.publish(enrolled.as_json()["topic"], json.dumps(payload), qos=1)
+        await stored.wait_for(ingestor, 1)
+    rows = await rig.store.observations(rig.patient_id)
+    assert sorted(o.code for o in rows) == sorted(
+        ["8867-4", "2708-6", "8480-6", "8462-4", "8310-5", "9279-1"]
+    )
+    assert {o.patient_id for o in rows} == {rig.patient_id}
+    assert {o.device_id for o in rows} == {enrolled.device.id}
+    assert ingestor.stats.stored == 6
+
+
+async def test_bad_records_are_refused_on_the_errors_topic_and_good_ones_kept(
+    rig: Rig, ingesting: tuple[Ingestor, Stored]
+) -> None:
+    ingestor, stored = ingesting
+    enrolled = await rig.enroll()
+    data = enrolled.as_json()
+    pack = [
+        {"bn": f"urn:dev:{enrolled.device.id}:", "bt": 0, "n": "hr", "u": "beat/min", "v": 64},
+        {"n": "spo2", "u": "%", "v": 250},
+        {"n": "sys", "u": "furlongs", "v": 120},
+        {"n": "temp", "u": "Cel", "v": 37.2, "t": -30},
+    ]
+    async with device(enrolled) as d:
+        await d.subscribe(data["errors_topic"], qos=1)
+        await d.publish(data["topic"], json.dumps(pack), qos=1)
+        await d.publish(data["topic"], b"this is not json", qos=1)
+        errors = await errors_of(d, 3)
+        await stored.wait_for(ingestor, 2)
+    by_record = {(e["record"], e["field"]) for e in errors}
+    assert (1, "v") in by_record
+    assert (2, "u") in by_record
+    assert (None, "payload") in by_record
+    assert all(e["device_id"] == enrolled.device.id and e["reason"] for e in errors)
+    codes = sorted(o.code for o in await rig.store.observations(rig.patient_id))
+    assert codes == ["8310-5", "8867-4"]
+
+
+async def test_a_redelivered_pack_is_not_stored_twice(
+    rig: Rig, ingesting: tuple[Ingestor, Stored]
+) -> None:
+    ingestor, stored = ingesting
+    enrolled = await rig.enroll()
+    body = json.dumps([{"bt": recent(), "n": "hr", "v": 70}, {"n": "hr", "t": 1, "v": 71}])
+    async with device(enrolled) as d:
+        for _ in range(3):  # as a device retrying, or the broker redelivering
+            await d.publish(enrolled.as_json()["topic"], body, qos=1)
+        await stored.wait_for(ingestor, 3)
+    rows = await rig.store.observations(rig.patient_id)
+    assert [o.value for o in rows] == [70.0, 71.0]
+    assert ingestor.stats.stored == 2
+    assert ingestor.stats.duplicates == 4
+
+
+async def test_readings_wait_for_the_store_and_none_is_lost(
+    rig: Rig, ingesting: tuple[Ingestor, Stored]
+) -> None:
+    """The store refuses for a while: nothing is acknowledged, nothing is lost."""
+    ingestor, stored = ingesting
+    enrolled = await rig.enroll()
+    await rig.store.get_device(enrolled.device.id)  # warm the ingestor's view of the device
+    real = rig.store.add_observations
+    failures = 0
+    healed = asyncio.Event()
+
+    async def flaky(batch: Sequence[Observation]) -> int:
+        nonlocal failures
+        if not healed.is_set():
+            failures += 1
+            if failures == 3:
+                healed.set()
+            raise StoreUnavailable("disk full (test)")
+        return await real(batch)
+
+    rig.store.add_observations = flaky  # type: ignore[method-assign]
+    async with device(enrolled) as d:
+        start = recent()
+        for i in range(20):
+            pack = [{"bt": start + i, "n": "hr", "v": 60 + i}]
+            await d.publish(enrolled.as_json()["topic"], json.dumps(pack), qos=1)
+        async with asyncio.timeout(20):
+            while len(await real_rows(rig)) < 20:
+                stored.changed.clear()
+                await stored.changed.wait()
+    assert ingestor.stats.store_retries >= 3
+    assert len(await real_rows(rig)) == 20
+
+
+async def real_rows(rig: Rig) -> list[Observation]:
+    return await rig.store.observations(rig.patient_id)
