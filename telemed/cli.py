@@ -9,18 +9,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
+import fcntl
 import getpass
 import json
 import logging
+import os
+import signal
+import socket
 import ssl
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
+from devices.broker import BrokerError
+from devices.dynsec import DynsecError
+from devices.enrollment import Enrollment, device_json
 from telemed import demo, tls
 from telemed.accounts import Role
 from telemed.api_json import user_json
@@ -75,24 +84,94 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             server=dataclasses.replace(settings.server, tls_cert=str(cert), tls_key=str(key)),
         )
         out(f"Self-signed certificate (30 days): {cert}. Browsers will warn once; accept it.")
-    if settings.demo.seed:
-        asyncio.run(_seed_demo_if_empty(settings))
     ssl_context = None
     if settings.server.tls_cert:
         ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ssl_context.load_cert_chain(
-            settings.resolve(settings.server.tls_cert), settings.resolve(settings.server.tls_key)
-        )
-    out(f"Telemed serving on {settings.base_url}  (sign in at {settings.base_url}/login)")
-    web.run_app(
-        create_app(settings),
-        host=settings.server.host,
-        port=settings.server.port,
-        ssl_context=ssl_context,
-        access_log_class=RouteAccessLogger,
-        print=None,
-    )
+        try:
+            ssl_context.load_cert_chain(
+                settings.resolve(settings.server.tls_cert),
+                settings.resolve(settings.server.tls_key),
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise CliError(f"server.tls_cert/tls_key: cannot be loaded: {exc}") from exc
+    with single_server(settings.var_dir):
+        _check_port_free(settings.server.host, settings.server.port)
+        if settings.demo.seed:
+            asyncio.run(_seed_demo_if_empty(settings))
+        try:
+            asyncio.run(_serve(create_app(settings), settings, ssl_context, RouteAccessLogger))
+        except BrokerError as exc:
+            raise CliError(str(exc)) from exc
     return 0
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail before anything starts, with a message that says what to change."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise CliError(
+                f"server.port: cannot listen on {host}:{port} ({exc.strerror}); "
+                "choose another with --port or TELEMED_SERVER_PORT"
+            ) from None
+
+
+async def _serve(
+    app: web.Application,
+    settings: Settings,
+    ssl_context: ssl.SSLContext | None,
+    access_log_class: type[AbstractAccessLogger],
+) -> None:
+    """Start the app's resources, listen, and run until SIGINT or SIGTERM."""
+    runner = web.AppRunner(app, access_log_class=access_log_class)
+    await runner.setup()
+    try:
+        site = web.TCPSite(
+            runner, settings.server.host, settings.server.port, ssl_context=ssl_context
+        )
+        try:
+            await site.start()
+        except OSError as exc:
+            raise CliError(
+                f"server.port: cannot listen on {settings.server.host}:{settings.server.port} "
+                f"({exc.strerror}); choose another with --port or TELEMED_SERVER_PORT"
+            ) from None
+        out(f"Telemed serving on {settings.base_url}  (sign in at {settings.base_url}/login)")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.contextmanager
+def single_server(var_dir: Path) -> Iterator[None]:
+    """One server per var folder: two would share (and fight over) the broker's files."""
+    var_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = var_dir / "server.lock"
+    with path.open("a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            pid = lock.read().strip() or "?"
+            raise CliError(
+                f"another telemed server (pid {pid}) is already running with {var_dir}; "
+                "stop it, or give this one its own var_dir"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 async def _seed_demo_if_empty(settings: Settings) -> None:
@@ -161,6 +240,8 @@ def cmd_user_change(args: argparse.Namespace, settings: Settings) -> int:
             await clinic.set_user_active(OPERATOR, args.id, command == "enable")
         elif command == "reset-2fa":
             await clinic.reset_two_factor(OPERATOR, args.id)
+        elif command == "unlock":
+            await clinic.unlock(OPERATOR, args.id)
         else:
             await clinic.set_password(OPERATOR, args.id, password or "")
         user = await clinic.user(args.id)
@@ -265,6 +346,47 @@ def cmd_audit_verify(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(_with_clinic(settings, work))
 
 
+def _enrollment(clinic: Clinic, settings: Settings) -> Enrollment:
+    from devices.broker import broker_access
+
+    try:
+        return Enrollment(clinic, broker_access(settings.mqtt, settings.var_dir))
+    except BrokerError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def cmd_device(args: argparse.Namespace, settings: Settings) -> int:
+    async def work(clinic: Clinic) -> int:
+        enrollment = _enrollment(clinic, settings)
+        try:
+            if args.device_command == "enroll":
+                enrolled = await enrollment.enroll(OPERATOR, args.patient, args.kind)
+                data = enrolled.as_json()
+                emit(
+                    args,
+                    data,
+                    "\n".join(
+                        ["Device enrolled. The password is shown once: copy it to the device now."]
+                        + [f"  {k:13} {v}" for k, v in data.items()]
+                    ),
+                )
+            elif args.device_command == "list":
+                devices = await enrollment.list(OPERATOR, args.patient)
+                if args.json:
+                    out(json.dumps({"devices": [device_json(d) for d in devices]}))
+                for d in devices if not args.json else []:
+                    state = "active " if d.active else "revoked"
+                    out(f"{d.id}  {state}  patient {d.patient_id}  {d.kind}")
+            else:
+                device = await enrollment.revoke(OPERATOR, args.id)
+                emit(args, device_json(device), f"revoked {device.id}: the broker refuses it now")
+        except DynsecError as exc:
+            raise CliError(f"broker: {exc}") from exc
+        return 0
+
+    return asyncio.run(_with_clinic(settings, work))
+
+
 def cmd_demo_seed(args: argparse.Namespace, settings: Settings) -> int:
     async def work(clinic: Clinic) -> int:
         logins = await demo.seed(clinic, settings.var_dir)
@@ -326,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("disable", "deactivate a user: sign-in, sessions and tokens stop at once"),
         ("enable", "reactivate a user"),
         ("reset-2fa", "clear a clinician's two-factor enrolment (lost phone)"),
+        ("unlock", "forget a user's failed sign-ins (lift a lockout)"),
         ("set-password", "set a user's password (ends their sessions)"),
     ):
         p = user.add_parser(name, help=text)
@@ -371,6 +494,25 @@ def build_parser() -> argparse.ArgumentParser:
     verify = audit.add_parser("verify", help="check the hash chain; exit 1 when broken")
     json_flag(verify)
     verify.set_defaults(func=cmd_audit_verify)
+
+    device = sub.add_parser("device", help="wearables").add_subparsers(
+        dest="device_command", required=True
+    )
+    enroll = device.add_parser(
+        "enroll", help="enroll a device for a patient (shows its secret once)"
+    )
+    enroll.add_argument("--patient", required=True, help="patient id")
+    enroll.add_argument("--kind", required=True, help="e.g. pulse-oximeter, bp-cuff, watch")
+    json_flag(enroll)
+    enroll.set_defaults(func=cmd_device)
+    dlist = device.add_parser("list", help="list devices")
+    dlist.add_argument("--patient", help="only this patient's")
+    json_flag(dlist)
+    dlist.set_defaults(func=cmd_device)
+    drevoke = device.add_parser("revoke", help="revoke a device: the broker drops and refuses it")
+    drevoke.add_argument("id")
+    json_flag(drevoke)
+    drevoke.set_defaults(func=cmd_device)
 
     dm = sub.add_parser("demo", help="demo data").add_subparsers(dest="demo_command", required=True)
     seed = dm.add_parser("seed", help="seed a demo clinic into an empty SQLite store")

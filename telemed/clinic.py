@@ -28,6 +28,7 @@ from telemed.clock import Clock
 from telemed.errors import Conflict, Forbidden, NotFound, ValidationError
 from telemed.passwords import ahash_password
 from telemed.store import Store
+from telemed.throttle import ThrottlePolicy, account_key, second_factor_key
 from telemed.tokens import ApiToken, new_token, token_hash
 
 log = logging.getLogger(__name__)
@@ -172,9 +173,26 @@ class Clinic:
         updated = dataclasses.replace(user, password_hash=await ahash_password(password))
         await self.store.update_user(updated)
         await self.store.delete_user_sessions(user.id)
+        await self.store.delete_throttle(account_key(user.email))
         await self.audit(
             actor, "user.password_reset", patient_id=_patient_of(user), entity=f"User/{user.id}"
         )
+
+    async def is_locked_out(self, user: User, policy: ThrottlePolicy) -> bool:
+        """Whether failed sign-ins (password or code) hold the account back now."""
+        now = self.clock()
+        for key in (account_key(user.email), second_factor_key(user.id)):
+            if policy.wait(await self.store.get_throttle(key), now):
+                return True
+        return False
+
+    async def unlock(self, actor: Actor, user_id: str) -> None:
+        """Forget the account's failed sign-ins (an address lock still runs its course)."""
+        await self._require_admin(actor, "user.unlock")
+        user = await self.user(user_id)
+        for key in (account_key(user.email), second_factor_key(user.id)):
+            await self.store.delete_throttle(key)
+        await self.audit(actor, "user.unlock", entity=f"User/{user.id}")
 
     async def reset_two_factor(self, actor: Actor, user_id: str) -> None:
         """For a clinician who lost their phone: they enrol again at the next sign-in."""

@@ -7,7 +7,7 @@ from aiohttp import web
 from telemed.accounts import Role
 from telemed.errors import ValidationError
 from telemed.web.auth import landing, render, require
-from telemed.web.keys import CLINIC, SETTINGS
+from telemed.web.keys import CLINIC, SETTINGS, THROTTLE_POLICY
 from telemed.web.middleware import USER, actor
 
 routes = web.RouteTableDef()
@@ -54,8 +54,11 @@ async def _admin_context(request: web.Request) -> dict[str, object]:
         members = await clinic.store.care_team(patient.id)
         teams.append((patient, sorted((names.get(m, m), m) for m in members)))
     default = request.app[SETTINGS].security.require_2fa_for_clinicians
+    policy = request.app[THROTTLE_POLICY].account
+    locked = {u.id for u in users if await clinic.is_locked_out(u, policy)}
     return {
         "users": users,
+        "locked": locked,
         "clinicians": clinicians,
         "patients": patients,
         "teams": teams,
@@ -76,6 +79,7 @@ async def admin_page(request: web.Request) -> web.Response:
         "reactivate": "User reactivated.",
         "set_password": "Password set; the user's sessions were ended.",
         "reset_2fa": "Two-factor sign-in reset: the user enrols again at the next sign-in.",
+        "unlock": "Sign-in unlocked for that user.",
         "user": "User added.",
         "team": "Care team updated.",
         "settings": "Settings saved.",
@@ -102,7 +106,7 @@ async def admin_add_user(request: web.Request) -> web.Response:
             role=form.get("role", ""),
             email=form.get("email", ""),
             name=form.get("name", ""),
-            password=form.get("password", ""),
+            password=_staff_password(form),
             language=form.get("language", "en"),
             birth_date=form.get("birth_date", ""),
         )
@@ -110,6 +114,14 @@ async def admin_add_user(request: web.Request) -> web.Response:
         form.pop("password", None)
         return await _admin_error(request, exc, form)
     raise web.HTTPSeeOther("/admin?done=user")
+
+
+def _staff_password(form: dict[str, str]) -> str | None:
+    """Staff sign in with a password; a patient may have none (they join visits by link)."""
+    password = form.get("password", "")
+    if not password and form.get("role") != "patient":
+        raise ValidationError("password", "is required for staff accounts")
+    return password or None
 
 
 @routes.post("/admin/care-teams")
@@ -146,8 +158,10 @@ async def admin_change_user(request: web.Request) -> web.Response:
             await clinic.set_user_active(who, user_id, True)
         elif action == "reset_2fa":
             await clinic.reset_two_factor(who, user_id)
+        elif action == "unlock":
+            await clinic.unlock(who, user_id)
         else:
-            raise ValidationError("action", "choose deactivate, reactivate or reset_2fa")
+            raise ValidationError("action", "choose deactivate, reactivate, reset_2fa or unlock")
     except ValidationError as exc:
         return await _admin_error(request, exc, {})
     raise web.HTTPSeeOther("/admin?done=" + action)

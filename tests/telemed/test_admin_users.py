@@ -7,7 +7,7 @@ import dataclasses
 from aiohttp.test_utils import TestClient
 
 from telemed.clinic import OPERATOR
-from telemed.web.keys import CLINIC, STORE
+from telemed.web.keys import CLINIC, CLOCK, STORE
 from tests.conftest import PASSWORD, People, login, page_csrf
 
 Client = TestClient  # type: ignore[type-arg]
@@ -124,3 +124,43 @@ async def test_a_doctor_cannot_manage_users(client: Client, people: People) -> N
     nurse = await client.app[STORE].get_user(people.nurse_a.id)
     assert nurse is not None
     assert nurse.active
+
+
+async def test_an_admin_unlocks_a_locked_out_account(
+    client: Client, people: People, aiohttp_client: object
+) -> None:
+    nurse = await aiohttp_client(client.server)  # type: ignore[operator]
+    for _ in range(5):  # lock_account_after = 5 (spread out past the slow-down)
+        client.app[CLOCK].advance(minutes=2)  # type: ignore[attr-defined]
+        await login(nurse, people.nurse_a.email, "wrong wrong wrong")
+    assert (await login(nurse, people.nurse_a.email)).status == 429
+
+    await login(client, people.admin.email)
+    text = await (await client.get("/admin")).text()
+    assert "locked out" in text
+    status, text = await admin_post(
+        client, f"/admin/users/{people.nurse_a.id}", {"action": "unlock"}
+    )
+    assert "Sign-in unlocked" in text
+    assert (await login(nurse, people.nurse_a.email)).status == 302
+    actions = [r.event.action async for r in client.app[STORE].audit_records()]
+    assert "user.unlock" in actions
+
+
+async def test_staff_need_a_password_but_patients_may_have_none(
+    client: Client, people: People
+) -> None:
+    await login(client, people.admin.email)
+    base = {"name": "New Person", "language": "en", "birth_date": ""}
+    status, text = await admin_post(
+        client, "/admin/users", {**base, "role": "nurse", "email": "n2@example.org"}
+    )
+    assert status == 400
+    assert "password: is required for staff accounts" in text
+    status, text = await admin_post(
+        client, "/admin/users", {**base, "role": "patient", "email": "p3@example.org"}
+    )
+    assert "User added." in text
+    added = await client.app[STORE].find_user_by_email("p3@example.org")
+    assert added is not None
+    assert added.password_hash == ""
