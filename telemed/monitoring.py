@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,3 +40,39 @@ class Observation:
     @property
     def key(self) -> tuple[str, str, datetime]:
         return (self.device_id, self.code, self.taken_at)
+
+
+class Severity(StrEnum):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+
+
+class AlertState(StrEnum):
+    OPEN = "open"
+    ACKNOWLEDGED = "acknowledged"
+    RESOLVED = "resolved"
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """A clinical or technical alert about one patient.
+
+    At most one alert per (patient_id, rule) is not resolved at a time: a condition that
+    keeps holding updates that alert (`last_breach_at`, `value`/`score`) instead of
+    opening another. It resolves by itself after a quiet period back in range.
+    """
+
+    id: str
+    patient_id: str
+    rule: str  # e.g. "threshold:8867-4:high", "news2", "device-offline:<device id>"
+    severity: Severity
+    state: AlertState
+    opened_at: datetime
+    last_breach_at: datetime  # the last time the condition was seen to hold
+    detail: str  # what a clinician reads, e.g. "heart rate 142 /min above 130"
+    value: float | None = None  # the triggering reading (threshold rules)
+    score: int | None = None  # the triggering NEWS2 total
+    acknowledged_by: str = ""  # user id
+    acknowledged_at: datetime | None = None
+    resolved_at: datetime | None = None

@@ -1,0 +1,45 @@
+"""Live events, from where they happen (ingestion, alerting) to whoever shows them.
+
+The composition root wires an implementation (Socket.IO in `signaling/`) into the
+producers; the producers only know this Protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol
+
+from telemed.monitoring import Alert, Observation
+
+
+class LiveFeed(Protocol):
+    async def observations_stored(
+        self, patient_id: str, observations: Sequence[Observation]
+    ) -> None:
+        """New vitals of one patient are durably stored."""
+
+    async def alert_changed(self, alert: Alert) -> None:
+        """An alert was opened, updated, acknowledged or resolved."""
+
+    async def device_presence(
+        self, patient_id: str, device_id: str, online: bool, at: datetime
+    ) -> None:
+        """A device came online or went offline."""
+
+
+class NoLiveFeed:
+    """For processes with nobody to tell (the CLI, tests of other parts)."""
+
+    async def observations_stored(
+        self, patient_id: str, observations: Sequence[Observation]
+    ) -> None:
+        return None
+
+    async def alert_changed(self, alert: Alert) -> None:
+        return None
+
+    async def device_presence(
+        self, patient_id: str, device_id: str, online: bool, at: datetime
+    ) -> None:
+        return None
