@@ -6,13 +6,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
+VENDOR := static/vendor/.installed
 
 .PHONY: run test lint typecheck pytest system-deps system-deps-test bench clean
 
-run: $(STAMP) system-deps
+run: $(STAMP) $(VENDOR) system-deps
 	$(BIN)/telemed serve
 
-test: $(TEST_STAMP) system-deps system-deps-test lint typecheck pytest
+test: $(TEST_STAMP) $(VENDOR) system-deps system-deps-test lint typecheck pytest
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
@@ -37,6 +38,15 @@ $(TEST_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	@touch $@
 
+# Browser libraries from the npm registry, copied into static/vendor (never a CDN).
+$(VENDOR): package.json package-lock.json
+	@sh scripts/system-deps.sh npm
+	npm ci --no-audit --no-fund --loglevel=error
+	mkdir -p static/vendor
+	cp node_modules/socket.io-client/dist/socket.io.min.js static/vendor/
+	cp node_modules/uplot/dist/uPlot.iife.min.js node_modules/uplot/dist/uPlot.min.css static/vendor/
+	@touch $@
+
 # Debian packages: installed when running as root, otherwise a clear message.
 system-deps:
 	@sh scripts/system-deps.sh mosquitto
@@ -48,4 +58,4 @@ bench: $(TEST_STAMP)
 	@for b in bench/*.py; do [ -e "$$b" ] && $(BIN)/python "$$b"; done; true
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache node_modules static/vendor

@@ -6,6 +6,7 @@ what=$1
 case "$what" in
   mosquitto) binary=mosquitto; package=mosquitto; why="the embedded MQTT broker" ;;
   chromium) binary=chromium; package=chromium; why="the browser tests" ;;
+  npm) binary=npm; package=npm; why="installing the browser libraries (static/vendor)" ;;
   *) echo "system-deps.sh: unknown dependency $what" >&2; exit 2 ;;
 esac
 if command -v "$binary" >/dev/null 2>&1 || [ -x "/usr/sbin/$binary" ] || [ -x "/usr/bin/$binary" ]; then

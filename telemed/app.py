@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 
@@ -22,19 +23,22 @@ from prometheus_client import CollectorRegistry
 from devices.broker import BrokerProbe, MosquittoSupervisor, broker_access
 from devices.enrollment import Enrollment
 from devices.ingest import Ingestor, IngestSettings
+from signaling.live import LiveHub
 from telemed.clinic import Clinic
 from telemed.clock import Clock, utcnow
+from telemed.monitoring import Observation
 from telemed.sessions import SessionPolicy
 from telemed.settings import Settings
 from telemed.store import Store, open_store
 from telemed.throttle import LoginThrottling, ThrottlePolicy
-from telemed.web import api, auth, fhir, ops, pages
+from telemed.web import api, auth, devices_pages, fhir, ops, pages, vitals_api
 from telemed.web.keys import (
     BROKER,
     CLINIC,
     CLOCK,
     ENROLLMENT,
     INGESTOR,
+    LIVE,
     METRICS,
     PROBES,
     REGISTRY,
@@ -90,6 +94,21 @@ async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
         await supervisor.stop()
 
 
+async def live_ctx(app: web.Application) -> AsyncIterator[None]:
+    hub = app[LIVE]
+    await hub.start()
+    yield
+    await hub.stop()
+
+
+async def _tell_live(app: web.Application, observations: Sequence[Observation]) -> None:
+    by_patient: dict[str, list[Observation]] = {}
+    for o in observations:
+        by_patient.setdefault(o.patient_id, []).append(o)
+    for patient_id, group in by_patient.items():
+        await app[LIVE].observations_stored(patient_id, group)
+
+
 def ingest_settings(settings: Settings) -> IngestSettings:
     m = settings.monitoring
     node = m.node_id or socket.gethostname()
@@ -109,7 +128,13 @@ async def ingest_ctx(app: web.Application) -> AsyncIterator[None]:
     if not app[SETTINGS].monitoring.ingest:
         yield
         return
-    ingestor = Ingestor(app[STORE], app[CLOCK], app[BROKER], ingest_settings(app[SETTINGS]))
+    ingestor = Ingestor(
+        app[STORE],
+        app[CLOCK],
+        app[BROKER],
+        ingest_settings(app[SETTINGS]),
+        on_stored=functools.partial(_tell_live, app),
+    )
     app[INGESTOR] = ingestor
     task = asyncio.create_task(ingestor.run(), name="ingest")
     yield
@@ -140,6 +165,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> web.Application:
     app[REGISTRY] = registry = CollectorRegistry()
     app[METRICS] = Metrics.create(registry)
     app[PROBES] = []
+    app[LIVE] = LiveHub(app, lambda: app[STORE])
     env = aiohttp_jinja2.setup(
         app,
         loader=jinja2.FileSystemLoader(TEMPLATES),
@@ -148,9 +174,18 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> web.Application:
     )
     app.on_response_prepare.append(security_headers)
     app.cleanup_ctx.append(store_ctx)
+    app.cleanup_ctx.append(live_ctx)
     app.cleanup_ctx.append(broker_ctx)
     app.cleanup_ctx.append(ingest_ctx)
-    for table in (auth.routes, pages.routes, api.routes, fhir.routes, ops.routes):
+    for table in (
+        auth.routes,
+        pages.routes,
+        api.routes,
+        fhir.routes,
+        ops.routes,
+        vitals_api.routes,
+        devices_pages.routes,
+    ):
         app.router.add_routes(table)
     static = app.router.add_static("/static/", STATIC, name="static", append_version=True)
     env.globals["static"] = lambda path: str(static.url_for(filename=path))

@@ -298,6 +298,33 @@ class Clinic:
         )
         return patient
 
+    async def clinical_access(self, actor: Actor, patient_id: str, action: str) -> Patient:
+        """The patient, if the actor may see their clinical data (vitals, alerts, records):
+        a clinician of their care team, or the patient themself; never an admin. The
+        access is audited under `action`, refusals included."""
+        user = actor.user
+        allowed = False
+        if user is not None and user.active:
+            if user.role is Role.PATIENT:
+                allowed = user.id == patient_id
+            elif user.role.is_clinician:
+                allowed = user.id in await self.store.care_team(patient_id)
+        if not allowed:
+            await self.audit(
+                actor,
+                action,
+                Outcome.DENIED,
+                patient_id=patient_id,
+                entity=f"Patient/{patient_id}",
+                detail="no clinical access",
+            )
+            raise Forbidden("this patient is not in your care")
+        patient = await self.store.get_patient(patient_id)
+        if patient is None:
+            raise NotFound(f"patient {patient_id} does not exist")
+        await self.audit(actor, action, patient_id=patient_id, entity=f"Patient/{patient_id}")
+        return patient
+
     # API tokens -------------------------------------------------------------
     async def create_token(self, actor: Actor, email: str, name: str = "") -> tuple[ApiToken, str]:
         """A new bearer token for the user with `email`; the secret is returned once."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
@@ -17,6 +19,9 @@ from telemed.store import Store
 from telemed.throttle import LoginThrottling
 from telemed.web.metrics import Metrics
 
+if TYPE_CHECKING:
+    from signaling.live import LiveHub
+
 SETTINGS = web.AppKey("settings", Settings)
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")
 STORE: web.AppKey[Store] = web.AppKey("store")
@@ -29,3 +34,4 @@ PROBES = web.AppKey("probes", list[Probe])
 BROKER = web.AppKey("broker", BrokerAccess)
 ENROLLMENT = web.AppKey("enrollment", Enrollment)
 INGESTOR = web.AppKey("ingestor", Ingestor)
+LIVE: web.AppKey[LiveHub] = web.AppKey("live")  # LiveHub imports the web layer itself

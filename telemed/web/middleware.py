@@ -163,23 +163,38 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
         request[VIA_TOKEN] = True
         return await handler(request)
 
-    sid = request.cookies.get(sessions.COOKIE)
-    if sid:
-        session = await store.get_session(sessions.session_key(sid))
-        now = request.app[CLOCK]()
-        policy = request.app[SESSION_POLICY]
-        if session is not None and policy.expired(session, now):
-            await store.delete_session(session.key)
-            session = None
-        user = await store.get_user(session.user_id) if session else None
-        if session is not None and user is not None and user.active:
-            if policy.needs_touch(session, now):
-                session = sessions.touched(session, now)
-                await store.put_session(session)
-            request[SESSION] = session
-            if not session.mfa_pending:
-                request[USER] = user
+    session, user = await session_user(request.app, request.cookies.get(sessions.COOKIE))
+    if session is not None:
+        request[SESSION] = session
+        if user is not None:
+            request[USER] = user
     return await handler(request)
+
+
+async def session_user(app: web.Application, sid: str | None) -> tuple[Session | None, User | None]:
+    """The live session for a cookie's id and, once fully signed in, its user.
+
+    An expired session is deleted; each use moves the idle deadline (written at most once
+    a minute). The user is None while the second factor is still owed.
+    """
+    if not sid:
+        return None, None
+    store = app[STORE]
+    session = await store.get_session(sessions.session_key(sid))
+    if session is None:
+        return None, None
+    now = app[CLOCK]()
+    policy = app[SESSION_POLICY]
+    if policy.expired(session, now):
+        await store.delete_session(session.key)
+        return None, None
+    user = await store.get_user(session.user_id)
+    if user is None or not user.active:
+        return None, None
+    if policy.needs_touch(session, now):
+        session = sessions.touched(session, now)
+        await store.put_session(session)
+    return session, None if session.mfa_pending else user
 
 
 @web.middleware

@@ -6,9 +6,11 @@ from aiohttp import web
 
 from telemed.accounts import Role
 from telemed.errors import ValidationError
+from telemed.monitoring import Observation
 from telemed.web.auth import landing, render, require
-from telemed.web.keys import CLINIC, SETTINGS, THROTTLE_POLICY
+from telemed.web.keys import CLINIC, ENROLLMENT, SETTINGS, STORE, THROTTLE_POLICY
 from telemed.web.middleware import USER, actor
+from telemed.web.vitals_view import COLUMNS, DASHBOARD
 
 routes = web.RouteTableDef()
 
@@ -22,17 +24,35 @@ async def index(request: web.Request) -> web.StreamResponse:
 @routes.get("/dashboard")
 async def dashboard(request: web.Request) -> web.Response:
     await require(request, Role.DOCTOR, Role.NURSE)
-    patients = await request.app[CLINIC].patients_for(actor(request))
-    return render(request, "dashboard.html", {"patients": patients})
+    clinic, store, who = request.app[CLINIC], request.app[STORE], actor(request)
+    patients = await clinic.patients_for(who)
+    latest: dict[str, dict[str, Observation]] = {}
+    for p in patients:
+        await clinic.clinical_access(who, p.id, "observation.read")
+        latest[p.id] = {o.code: o for o in await store.latest_observations(p.id)}
+    return render(
+        request,
+        "dashboard.html",
+        {"patients": patients, "latest": latest, "columns": DASHBOARD},
+    )
 
 
 @routes.get("/patients/{patient_id}")
 async def patient_page(request: web.Request) -> web.Response:
-    await require(request, Role.DOCTOR, Role.NURSE, Role.ADMIN)
-    patient = await request.app[CLINIC].read_patient(
-        actor(request), request.match_info["patient_id"]
-    )
-    return render(request, "patient.html", {"patient": patient})
+    """Demographics for the care team and admins; vitals and devices for the care team."""
+    user = await require(request, Role.DOCTOR, Role.NURSE, Role.ADMIN)
+    who = actor(request)
+    patient = await request.app[CLINIC].read_patient(who, request.match_info["patient_id"])
+    context: dict[str, object] = {"patient": patient, "clinical": False, "columns": COLUMNS}
+    if user.role.is_clinician:
+        await request.app[CLINIC].clinical_access(who, patient.id, "observation.read")
+        latest = await request.app[STORE].latest_observations(patient.id)
+        context.update(
+            clinical=True,
+            latest={o.code: o for o in latest},
+            devices=await request.app[ENROLLMENT].list(who, patient.id),
+        )
+    return render(request, "patient.html", context)
 
 
 @routes.get("/me")

@@ -73,6 +73,12 @@ class Server:
     doctor: Person
     patient: Person  # on the doctor's care team
     stranger: Person  # a patient on nobody's care team
+    config: Path
+    env: dict[str, str]
+
+    def cli(self, *args: str) -> dict[str, object]:
+        """`telemed --config ... ARGS --json` against this server's store and broker."""
+        return _cli(self.config, self.env, *args)
 
     def log_tail(self) -> str:
         return _tail(self.log)
@@ -193,7 +199,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         )
     try:
         _wait_healthy(base_url, process, log)
-        yield Server(base_url, log, doctor, patient, stranger)
+        yield Server(base_url, log, doctor, patient, stranger, config, env)
     finally:
         process.terminate()
         try:

@@ -1,0 +1,182 @@
+"""The live dashboard feed over Socket.IO: new vitals, alerts and device presence reach
+the open dashboards of the patient's care team within a second of being stored.
+
+- A connection is accepted only with a signed-in clinician's session cookie (and, as
+  python-socketio checks by default, from this site's own origin).
+- Each connection joins one room per patient of its user's care teams. Rooms are checked
+  again every `RESYNC_SECONDS`, so a clinician taken off a care team stops receiving
+  that patient's events even on a connection that stays open.
+- Events carry ids, codes, values and times; the dashboard already knows the names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from http.cookies import SimpleCookie
+from typing import Any
+
+import socketio
+from aiohttp import web
+
+from telemed import sessions
+from telemed.clock import iso
+from telemed.monitoring import Alert, Observation
+from telemed.store import Store
+from telemed.web.middleware import session_user
+
+log = logging.getLogger(__name__)
+
+RESYNC_SECONDS = 60.0
+
+
+def room(patient_id: str) -> str:
+    return f"patient:{patient_id}"
+
+
+def observation_json(o: Observation) -> dict[str, Any]:
+    return {
+        "device_id": o.device_id,
+        "code": o.code,
+        "value": o.value,
+        "unit": o.unit,
+        "taken_at": iso(o.taken_at),
+    }
+
+
+def alert_json(a: Alert) -> dict[str, Any]:
+    return {
+        "id": a.id,
+        "patient_id": a.patient_id,
+        "rule": a.rule,
+        "severity": a.severity.value,
+        "state": a.state.value,
+        "value": a.value,
+        "score": a.score,
+        "detail": a.detail,
+        "opened_at": iso(a.opened_at),
+        "last_breach_at": iso(a.last_breach_at),
+        "acknowledged_by": a.acknowledged_by,
+        "acknowledged_at": iso(a.acknowledged_at) if a.acknowledged_at else None,
+        "resolved_at": iso(a.resolved_at) if a.resolved_at else None,
+    }
+
+
+class LiveHub:
+    """A `telemed.live.LiveFeed` that emits to the care team's open dashboards."""
+
+    def __init__(self, app: web.Application, store: Callable[[], Store]) -> None:
+        """Attach to `app` now (routes must exist before it starts); `store` is looked up
+        when needed, since it opens only when the app starts."""
+        self.app = app
+        self._store = store
+        self.sio = socketio.AsyncServer(async_mode="aiohttp", logger=False, engineio_logger=False)
+        self.sio.on("connect", self._connect)
+        self.sio.on("disconnect", self._disconnect)
+        self.sio.attach(app)
+        self._users: dict[str, str] = {}  # sid -> user id
+        self._task: asyncio.Task[None] | None = None
+        self._own_engineio_tasks()
+
+    def _own_engineio_tasks(self) -> None:
+        """Engine.IO starts per-socket tasks (pings, writers) and forgets them; keep a
+        reference to each, so that stopping cancels and awaits what is left."""
+        self._background: set[asyncio.Task[Any]] = set()
+        start = self.sio.eio.start_background_task
+
+        def owned(target: Any, *args: Any, **kwargs: Any) -> asyncio.Task[Any]:
+            task: asyncio.Task[Any] = start(target, *args, **kwargs)
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            return task
+
+        self.sio.eio.start_background_task = owned
+
+    @property
+    def store(self) -> Store:
+        return self._store()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._resync_forever(), name="live-resync")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for sid in list(self._users):
+            await self.sio.disconnect(sid)
+        await self.sio.shutdown()
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+    # connections ------------------------------------------------------------------
+    async def _connect(self, sid: str, environ: dict[str, Any], auth: object = None) -> None:
+        cookie = SimpleCookie(environ.get("HTTP_COOKIE", ""))
+        morsel = cookie.get(sessions.COOKIE)
+        _, user = await session_user(self.app, morsel.value if morsel else None)
+        if user is None or not user.role.is_clinician:
+            raise socketio.exceptions.ConnectionRefusedError("sign in as a clinician")
+        self._users[sid] = user.id
+        await self._sync(sid, user.id)
+        log.info("live: dashboard connected user=%s", user.id)
+
+    async def _disconnect(self, sid: str, reason: object = None) -> None:
+        self._users.pop(sid, None)
+
+    async def _sync(self, sid: str, user_id: str) -> None:
+        """Make the connection's rooms match the user's care teams now."""
+        user = await self.store.get_user(user_id)
+        wanted = (
+            {room(p) for p in await self.store.patients_of(user_id)}
+            if user is not None and user.active
+            else set()
+        )
+        current = {r for r in self.sio.rooms(sid) if r.startswith("patient:")}
+        for r in current - wanted:
+            await self.sio.leave_room(sid, r)
+        for r in wanted - current:
+            await self.sio.enter_room(sid, r)
+        if user is None or not user.active:
+            await self.sio.disconnect(sid)
+
+    async def resync(self) -> None:
+        for sid, user_id in list(self._users.items()):
+            try:
+                await self._sync(sid, user_id)
+            except KeyError:  # disconnected meanwhile
+                self._users.pop(sid, None)
+
+    async def _resync_forever(self) -> None:
+        while True:
+            await asyncio.sleep(RESYNC_SECONDS)
+            try:
+                await self.resync()
+            except Exception:
+                log.exception("live: room resync failed; trying again later")
+
+    # LiveFeed ---------------------------------------------------------------------
+    async def observations_stored(
+        self, patient_id: str, observations: Sequence[Observation]
+    ) -> None:
+        await self.sio.emit(
+            "observations",
+            {"patient_id": patient_id, "observations": [observation_json(o) for o in observations]},
+            to=room(patient_id),
+        )
+
+    async def alert_changed(self, alert: Alert) -> None:
+        await self.sio.emit("alert", alert_json(alert), to=room(alert.patient_id))
+
+    async def device_presence(
+        self, patient_id: str, device_id: str, online: bool, at: datetime
+    ) -> None:
+        await self.sio.emit(
+            "presence",
+            {"patient_id": patient_id, "device_id": device_id, "online": online, "at": iso(at)},
+            to=room(patient_id),
+        )
