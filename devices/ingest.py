@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 import aiomqtt
@@ -45,11 +45,13 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 VITALS = "telemed/v1/devices/+/vitals"
+STATUS = "telemed/v1/devices/+/status"
 DEVICE_CACHE_SECONDS = 60.0
 MAX_BACKOFF = 30.0
 IDLE_CHECK = 1.0  # seconds between connection checks while no message comes
 
 OnStored = Callable[[Sequence[Observation]], Awaitable[None]]
+OnStatus = Callable[[Device, bool, datetime], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,12 +97,14 @@ class Ingestor:
         broker: BrokerAccess,
         settings: IngestSettings,
         on_stored: OnStored | None = None,
+        on_status: OnStatus | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
         self.broker = broker
         self.settings = settings
         self.on_stored = on_stored
+        self.on_status = on_status
         self.stats = IngestStats()
         self.connected = asyncio.Event()  # set while subscribed
         self._devices: dict[str, tuple[float, Device]] = {}
@@ -143,10 +147,11 @@ class Ingestor:
     async def _session(self) -> None:
         client, inbox = self._client()
         async with client:
-            share = f"$share/{self.settings.share_group}/{VITALS}"
-            await client.subscribe(share, qos=1)
+            group = self.settings.share_group
+            for topic_filter in (VITALS, STATUS):
+                await client.subscribe(f"$share/{group}/{topic_filter}", qos=1)
             self.connected.set()
-            log.info("ingest: subscribed to %s", share)
+            log.info("ingest: subscribed to vitals and status, group %s", group)
             await self._consume(client, inbox)
 
     async def _consume(self, client: aiomqtt.Client, inbox: asyncio.Queue[aiomqtt.Message]) -> None:
@@ -179,7 +184,7 @@ class Ingestor:
         if message.qos > 0:
             batch.mids.append(message.mid)
         parts = message.topic.value.split("/")
-        if len(parts) != 5 or parts[4] != "vitals":
+        if len(parts) != 5 or parts[4] not in ("vitals", "status"):
             log.warning("ingest: message on an unexpected topic ignored")
             return
         device = await self._device(parts[3])
@@ -190,6 +195,9 @@ class Ingestor:
         payload = message.payload
         raw = payload if isinstance(payload, bytes | bytearray) else str(payload).encode()
         now = self.clock()
+        if parts[4] == "status":
+            await self._status(device, bytes(raw), now, batch)
+            return
         s = self.settings
         decoded = decode(
             bytes(raw),
@@ -207,6 +215,17 @@ class Ingestor:
             )
         for refusal in decoded.refusals:
             batch.refusals.append((device.id, refusal))
+
+    async def _status(self, device: Device, raw: bytes, now: datetime, batch: _Batch) -> None:
+        """`online` or `offline` (the device's will): written before its ack goes out."""
+        text = raw.decode("utf-8", errors="replace").strip().lower()
+        if text not in ("online", "offline"):
+            reason = "payload: status must be the text online or offline"
+            batch.refusals.append((device.id, Refusal(None, "payload", reason)))
+            return
+        if self.on_status is not None:
+            on_status = self.on_status
+            await self._with_store_retry(lambda: on_status(device, text == "online", now))
 
     async def _device(self, device_id: str) -> Device | None:
         cached = self._devices.get(device_id)

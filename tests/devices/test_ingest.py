@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
 from typing import Any
 
 import aiomqtt
@@ -15,7 +16,7 @@ from devices.enrollment import Enrolled
 from devices.ingest import Ingestor, IngestSettings
 from telemed.clock import utcnow
 from telemed.errors import StoreUnavailable
-from telemed.monitoring import Observation
+from telemed.monitoring import Device, Observation
 from tests.devices.conftest import Rig
 
 
@@ -29,7 +30,12 @@ class Stored:
 
     def __init__(self) -> None:
         self.observations: list[Observation] = []
+        self.statuses: list[tuple[str, bool]] = []
         self.changed = asyncio.Event()
+
+    async def status(self, device: Device, online: bool, at: datetime) -> None:
+        self.statuses.append((device.id, online))
+        self.changed.set()
 
     async def __call__(self, batch: Sequence[Observation]) -> None:
         self.observations.extend(batch)
@@ -52,6 +58,7 @@ async def ingesting(rig: Rig) -> AsyncIterator[tuple[Ingestor, Stored]]:
         rig.access,
         IngestSettings(client_id="test-ingest", batch_wait=0.01),
         on_stored=stored,
+        on_status=stored.status,
     )
     task = asyncio.create_task(ingestor.run())
     try:
@@ -182,3 +189,39 @@ async def test_readings_wait_for_the_store_and_none_is_lost(
 
 async def real_rows(rig: Rig) -> list[Observation]:
     return await rig.store.observations(rig.patient_id)
+
+
+async def test_presence_from_the_status_topic_and_the_last_will(
+    rig: Rig, ingesting: tuple[Ingestor, Stored]
+) -> None:
+    ingestor, stored = ingesting
+    enrolled = await rig.enroll()
+    data = enrolled.as_json()
+    will = aiomqtt.Will(data["status_topic"], b"offline", qos=1, retain=True)
+    watcher = device(enrolled, "watcher")
+    async with watcher:
+        await watcher.subscribe(data["errors_topic"], qos=1)
+        async with aiomqtt.Client(
+            data["host"],
+            data["port"],
+            username=data["username"],
+            password=data["password"],
+            identifier="wearable",
+            will=will,
+            timeout=5.0,
+        ) as d:
+            await d.publish(data["status_topic"], b"online", qos=1, retain=True)
+            await d.publish(data["status_topic"], b"sleepy", qos=1, retain=True)
+            [refusal] = await errors_of(watcher, 1)
+            assert refusal["field"] == "payload"
+            assert "online or offline" in refusal["reason"]
+        # a clean disconnect sends no will: the device says offline itself
+    assert stored.statuses == [(enrolled.device.id, True)]
+    async with device(enrolled, "again") as d:
+        await d.publish(data["status_topic"], b"offline", qos=1, retain=True)
+        async with asyncio.timeout(10):
+            while len(stored.statuses) < 2:
+                stored.changed.clear()
+                await stored.changed.wait()
+    assert stored.statuses[-1] == (enrolled.device.id, False)
+    assert ingestor.stats.messages >= 3
