@@ -23,9 +23,11 @@ from prometheus_client import CollectorRegistry
 from devices.broker import BrokerProbe, MosquittoSupervisor, broker_access
 from devices.enrollment import Enrollment
 from devices.ingest import Ingestor, IngestSettings
+from devices.simulator import credentials_path, enroll_or_reuse, simulate
 from signaling.live import LiveHub
 from telemed.clinic import Clinic
 from telemed.clock import Clock, utcnow
+from telemed.demo import MARKER as DEMO_MARKER
 from telemed.monitoring import Observation
 from telemed.sessions import SessionPolicy
 from telemed.settings import Settings
@@ -109,6 +111,32 @@ async def _tell_live(app: web.Application, observations: Sequence[Observation]) 
         await app[LIVE].observations_stored(patient_id, group)
 
 
+async def demo_stream_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The demo clinic's wearables, simulated, so a newcomer sees live vitals at once.
+
+    Only on a SQLite store that holds the demo clinic (never on MongoDB, a production
+    store), and only while the server runs.
+    """
+    settings, store = app[SETTINGS], app[STORE]
+    count = settings.demo.stream_devices
+    demo_clinic = await store.find_user_by_email(DEMO_MARKER) is not None
+    if not (settings.demo.seed and count and store.kind == "sqlite" and demo_clinic):
+        yield
+        return
+    devices = await enroll_or_reuse(
+        app[ENROLLMENT], app[CLINIC], count, credentials_path(settings.var_dir)
+    )
+    task = asyncio.create_task(
+        simulate(devices, rate_hz=0.5, duration=None, deteriorate=0.5, seed=1),
+        name="demo-stream",
+    )
+    log.info("demo: %d simulated devices streaming", len(devices))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 def ingest_settings(settings: Settings) -> IngestSettings:
     m = settings.monitoring
     node = m.node_id or socket.gethostname()
@@ -177,6 +205,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> web.Application:
     app.cleanup_ctx.append(live_ctx)
     app.cleanup_ctx.append(broker_ctx)
     app.cleanup_ctx.append(ingest_ctx)
+    app.cleanup_ctx.append(demo_stream_ctx)
     for table in (
         auth.routes,
         pages.routes,

@@ -16,6 +16,7 @@ import getpass
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import ssl
@@ -152,7 +153,9 @@ async def _serve(
 @contextlib.contextmanager
 def single_server(var_dir: Path) -> Iterator[None]:
     """One server per var folder: two would share (and fight over) the broker's files."""
-    var_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # 0711: others may pass through (Mosquitto's own user reaches var/mosquitto) but not
+    # list it; what is inside is the owner's alone (0600 files)
+    var_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
     path = var_dir / "server.lock"
     with path.open("a+") as lock:
         try:
@@ -387,6 +390,54 @@ def cmd_device(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(_with_clinic(settings, work))
 
 
+def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    from devices.simulator import (
+        DeviceCredentials,
+        ProgressLine,
+        credentials_path,
+        enroll_or_reuse,
+        simulate,
+    )
+
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    path = credentials_path(settings.var_dir)
+
+    devices: list[DeviceCredentials] = []
+
+    async def enrolled(clinic: Clinic) -> int:
+        try:
+            found = await enroll_or_reuse(_enrollment(clinic, settings), clinic, args.devices, path)
+        except DynsecError as exc:
+            raise CliError(f"broker: {exc}") from exc
+        devices.extend(found)
+        return 0
+
+    asyncio.run(_with_clinic(settings, enrolled))  # the store closes before the long run
+    out(f"{len(devices)} devices (credentials in {path}), seed {seed}; Ctrl-C stops")
+    line = ProgressLine(sys.stdout)
+    try:
+        stats = asyncio.run(
+            simulate(
+                devices,
+                rate_hz=args.rate,
+                duration=args.duration,
+                deteriorate=args.deteriorate,
+                seed=seed,
+                progress=line,
+            )
+        )
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        line.close()
+    refused = f"; {stats.errors} refused (last: {stats.last_error})" if stats.errors else ""
+    done = f"{stats.messages:,} messages, {stats.readings:,} readings"
+    out(f"{done} in {stats.elapsed:.0f} s{refused}")
+    return 1 if stats.failed else 0
+
+
 def cmd_demo_seed(args: argparse.Namespace, settings: Settings) -> int:
     async def work(clinic: Clinic) -> int:
         logins = await demo.seed(clinic, settings.var_dir)
@@ -513,6 +564,21 @@ def build_parser() -> argparse.ArgumentParser:
     drevoke.add_argument("id")
     json_flag(drevoke)
     drevoke.set_defaults(func=cmd_device)
+
+    sim = sub.add_parser(
+        "simulate", help="publish realistic vitals from demo devices, as real devices would"
+    )
+    sim.add_argument("--devices", type=int, default=4, help="how many devices (default 4)")
+    sim.add_argument("--rate", type=float, default=1.0, help="messages per second per device")
+    sim.add_argument("--duration", type=float, help="seconds to run (default: until Ctrl-C)")
+    sim.add_argument(
+        "--deteriorate",
+        type=float,
+        default=0.2,
+        help="fraction of devices that go through a deterioration episode",
+    )
+    sim.add_argument("--seed", type=int, help="random seed, for a repeatable run")
+    sim.set_defaults(func=cmd_simulate)
 
     dm = sub.add_parser("demo", help="demo data").add_subparsers(dest="demo_command", required=True)
     seed = dm.add_parser("seed", help="seed a demo clinic into an empty SQLite store")

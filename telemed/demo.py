@@ -16,6 +16,7 @@ from telemed.clinic import OPERATOR, Clinic
 from telemed.errors import TelemedError
 
 LOGINS_FILE = "demo-logins.txt"
+MARKER = "doctor@demo.clinic"  # present only in a store seeded with the demo clinic
 
 
 class DemoRefused(TelemedError):

@@ -100,6 +100,7 @@ class MonitoringSettings:
 @dataclass(frozen=True, slots=True)
 class DemoSettings:
     seed: bool
+    stream_devices: int = field(metadata={"min": 0, "max": 50})
 
 
 @dataclass(frozen=True, slots=True)
