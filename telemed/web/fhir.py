@@ -1,21 +1,28 @@
-"""FHIR R4 REST: metadata, Patient read and search, AuditEvent search (admins)."""
+"""FHIR R4 REST: metadata, Patient read and search, Observation (vital signs) and Device
+search, AuditEvent search (admins)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 
+from devices.vitals import VITALS
 from telemed import fhir
 from telemed.accounts import Role
 from telemed.audit import Outcome
 from telemed.clock import iso
 from telemed.web.auth import require
-from telemed.web.keys import CLINIC, CLOCK, SETTINGS, STORE
+from telemed.web.keys import CLINIC, CLOCK, ENROLLMENT, SETTINGS, STORE
 from telemed.web.middleware import actor
 
 routes = web.RouteTableDef()
 MAX_AUDIT = 1000
+# Observation.code.text: the vitals catalogue's plain names ("heart rate"); the coding's
+# display stays LOINC's own (telemed.fhir.LOINC_DISPLAY).
+VITAL_TEXT = {vital.code: vital.display for vital in VITALS}
 
 
 def fhir_json(body: dict[str, Any], status: int = 200) -> web.Response:
@@ -63,3 +70,46 @@ async def search_audit(request: web.Request) -> web.Response:
         detail=f"count={len(records)}",
     )
     return fhir_json(fhir.bundle([fhir.audit_event(r, base) for r in records], base))
+
+
+def _query(request: web.Request) -> fhir.Query:
+    return {name: request.query.getall(name) for name in request.query}
+
+
+def _url(base: str, resource: str, params: Sequence[tuple[str, str]]) -> str:
+    return f"{base}/fhir/{resource}?{urlencode(params)}"
+
+
+@routes.get("/fhir/Observation")
+async def search_observations(request: web.Request) -> web.Response:
+    """Vital signs of one patient, oldest first, paged by the bundle's `next` link.
+
+    For the patient's care team and the patient themself (never an admin: clinical
+    data); every search is audited as observation.search, refusals included.
+    """
+    await require(request)
+    base = request.app[SETTINGS].base_url
+    search = fhir.parse_observation_search(_query(request))
+    await request.app[CLINIC].clinical_access(
+        actor(request), search.patient_id, "observation.search"
+    )
+    page = await fhir.search_vital_signs(request.app[STORE], search)
+    links = [("self", _url(base, "Observation", search.params(search.after)))]
+    if page.next is not None:
+        links.append(("next", _url(base, "Observation", search.params(page.next))))
+    resources = [fhir.observation(sign, base, VITAL_TEXT) for sign in page.signs]
+    # `total` only when this one page is the whole result
+    whole = search.after is None and page.next is None
+    return fhir_json(fhir.bundle(resources, base, links=links, total=whole))
+
+
+@routes.get("/fhir/Device")
+async def search_devices(request: web.Request) -> web.Response:
+    """A patient's wearables, revoked ones included (status inactive): for an admin or
+    the patient's care team, as on the dashboard; audited as device.list."""
+    await require(request)
+    base = request.app[SETTINGS].base_url
+    patient_id = fhir.patient_param(_query(request))
+    devices = await request.app[ENROLLMENT].list(actor(request), patient_id)
+    self_link = ("self", _url(base, "Device", [("patient", patient_id)]))
+    return fhir_json(fhir.bundle([fhir.device(d, base) for d in devices], base, links=[self_link]))
