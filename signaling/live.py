@@ -172,6 +172,9 @@ class LiveHub:
     async def alert_changed(self, alert: Alert) -> None:
         await self.sio.emit("alert", alert_json(alert), to=room(alert.patient_id))
 
+    async def news2_changed(self, patient_id: str, score: dict[str, Any]) -> None:
+        await self.sio.emit("news2", {"patient_id": patient_id, **score}, to=room(patient_id))
+
     async def device_presence(
         self, patient_id: str, device_id: str, online: bool, at: datetime
     ) -> None:

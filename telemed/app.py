@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,17 +22,26 @@ from prometheus_client import CollectorRegistry
 from devices.broker import BrokerProbe, MosquittoSupervisor, broker_access
 from devices.enrollment import Enrollment
 from devices.ingest import Ingestor, IngestSettings
+from devices.monitor import Monitor
 from devices.simulator import credentials_path, enroll_or_reuse, simulate
 from signaling.live import LiveHub
 from telemed.clinic import Clinic
 from telemed.clock import Clock, utcnow
 from telemed.demo import MARKER as DEMO_MARKER
-from telemed.monitoring import Observation
 from telemed.sessions import SessionPolicy
 from telemed.settings import Settings
 from telemed.store import Store, open_store
 from telemed.throttle import LoginThrottling, ThrottlePolicy
-from telemed.web import api, auth, devices_pages, fhir, ops, pages, vitals_api
+from telemed.web import (
+    api,
+    auth,
+    devices_pages,
+    fhir,
+    monitoring_api,
+    ops,
+    pages,
+    vitals_api,
+)
 from telemed.web.keys import (
     BROKER,
     CLINIC,
@@ -42,6 +50,7 @@ from telemed.web.keys import (
     INGESTOR,
     LIVE,
     METRICS,
+    MONITOR,
     PROBES,
     REGISTRY,
     SESSION_POLICY,
@@ -103,12 +112,18 @@ async def live_ctx(app: web.Application) -> AsyncIterator[None]:
     await hub.stop()
 
 
-async def _tell_live(app: web.Application, observations: Sequence[Observation]) -> None:
-    by_patient: dict[str, list[Observation]] = {}
-    for o in observations:
-        by_patient.setdefault(o.patient_id, []).append(o)
-    for patient_id, group in by_patient.items():
-        await app[LIVE].observations_stored(patient_id, group)
+async def monitor_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Alerting, fed by ingestion; the offline check runs where vitals are ingested."""
+    monitor = Monitor(app[STORE], app[CLOCK], app[CLINIC], app[LIVE])
+    app[MONITOR] = monitor
+    task = None
+    if app[SETTINGS].monitoring.ingest:
+        task = asyncio.create_task(monitor.watch_offline(), name="monitor-offline")
+    yield
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def demo_stream_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -161,7 +176,8 @@ async def ingest_ctx(app: web.Application) -> AsyncIterator[None]:
         app[CLOCK],
         app[BROKER],
         ingest_settings(app[SETTINGS]),
-        on_stored=functools.partial(_tell_live, app),
+        on_stored=app[MONITOR].observations_stored,
+        on_status=app[MONITOR].on_device_status,
     )
     app[INGESTOR] = ingestor
     task = asyncio.create_task(ingestor.run(), name="ingest")
@@ -204,6 +220,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> web.Application:
     app.cleanup_ctx.append(store_ctx)
     app.cleanup_ctx.append(live_ctx)
     app.cleanup_ctx.append(broker_ctx)
+    app.cleanup_ctx.append(monitor_ctx)
     app.cleanup_ctx.append(ingest_ctx)
     app.cleanup_ctx.append(demo_stream_ctx)
     for table in (
@@ -213,6 +230,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> web.Application:
         fhir.routes,
         ops.routes,
         vitals_api.routes,
+        monitoring_api.routes,
         devices_pages.routes,
     ):
         app.router.add_routes(table)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from telemed.monitoring import Alert, Observation
 
@@ -21,6 +21,9 @@ class LiveFeed(Protocol):
 
     async def alert_changed(self, alert: Alert) -> None:
         """An alert was opened, updated, acknowledged or resolved."""
+
+    async def news2_changed(self, patient_id: str, score: dict[str, Any]) -> None:
+        """The patient's NEWS2 was scored again (`News2Score.as_json()`)."""
 
     async def device_presence(
         self, patient_id: str, device_id: str, online: bool, at: datetime
@@ -37,6 +40,9 @@ class NoLiveFeed:
         return None
 
     async def alert_changed(self, alert: Alert) -> None:
+        return None
+
+    async def news2_changed(self, patient_id: str, score: dict[str, Any]) -> None:
         return None
 
     async def device_presence(

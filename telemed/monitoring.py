@@ -1,12 +1,15 @@
-"""Remote monitoring as the core stores it: enrolled wearables and their observations.
+"""Remote monitoring as the core stores it: enrolled wearables and their observations,
+device presence, per-patient monitoring plans, check-ins and alerts.
 
-The `devices/` package decodes payloads and runs the MQTT side; what it keeps is these.
+The `devices/` package decodes payloads, runs the MQTT side and the alerting rules; what
+it keeps is these. Clinical defaults (thresholds, NEWS2) live in `devices/`, not here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 
@@ -76,3 +79,73 @@ class Alert:
     acknowledged_by: str = ""  # user id
     acknowledged_at: datetime | None = None
     resolved_at: datetime | None = None
+    resolved_by: str = ""  # user id, or "system" when it resolved by itself
+
+    @property
+    def active(self) -> bool:
+        """Not resolved: the one alert of its (patient_id, rule)."""
+        return self.state is not AlertState.RESOLVED
+
+
+ACTIVE_STATES: frozenset[AlertState] = frozenset({AlertState.OPEN, AlertState.ACKNOWLEDGED})
+
+
+@dataclass(frozen=True, slots=True)
+class DevicePresence:
+    """What is known of a device's connection: its retained MQTT status and its data."""
+
+    device_id: str
+    online: bool | None = None  # the last `status` message; None if none came yet
+    status_at: datetime | None = None  # when that status was first received
+    last_seen_at: datetime | None = None  # the newest reading time stored from it
+
+
+@dataclass(frozen=True, slots=True)
+class Threshold:
+    """The range a care team accepts for one vital: a value below `low` or above `high`
+    breaches it (the limits themselves are in range). None: no limit on that side."""
+
+    low: float | None = None
+    high: float | None = None
+
+    def breached_by(self, value: float) -> bool:
+        return (self.low is not None and value < self.low) or (
+            self.high is not None and value > self.high
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MonitoringPlan:
+    """How one patient is watched, as their care team set it (defaults in `devices/`)."""
+
+    patient_id: str
+    thresholds: Mapping[str, Threshold]  # by LOINC code; an absent code has no threshold
+    spo2_scale: int  # NEWS2 SpO2 scale: 1, or 2 when a clinician set it for this patient
+    offline_after: timedelta  # a device silent for longer opens a device-offline alert
+    quiet_period: timedelta  # back in range this long, an alert resolves by itself
+    updated_by: str = ""  # user id of the last change; "" while the defaults apply
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckIn:
+    """What wearables cannot report, entered by the patient or a clinician.
+
+    Either or both of `consciousness` (ACVPU letter) and `on_oxygen` (supplemental oxygen).
+    """
+
+    id: str
+    patient_id: str
+    taken_at: datetime  # when it was entered (UTC, ms)
+    entered_by: str  # user id
+    entered_by_role: str  # "patient", "doctor", "nurse", or "operator"
+    consciousness: str | None = None  # "A", "C", "V", "P" or "U"
+    on_oxygen: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LatestCheckIns:
+    """The newest check-in that gave each NEWS2 parameter (they may be different ones)."""
+
+    consciousness: CheckIn | None = None
+    on_oxygen: CheckIn | None = None

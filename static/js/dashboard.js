@@ -63,11 +63,38 @@
     item.textContent = alert.detail;
   });
 
+  socket.on("news2", (score) => {
+    const row = panel.querySelector('tr[data-patient="' + CSS.escape(score.patient_id) + '"]');
+    const cell = row && row.querySelector("td.news2");
+    if (!cell) return;
+    const band = score.risk || score.risk_at_least;
+    cell.dataset.risk = band;
+    cell.dataset.complete = score.complete ? "yes" : "no";
+    cell.title = score.label;
+    cell.textContent = String(score.score);
+    if (!score.complete) {
+      const star = document.createElement("span");
+      star.className = "incomplete";
+      star.setAttribute("aria-label", "incomplete");
+      star.textContent = "*";
+      cell.appendChild(star);
+    }
+    const bandEl = document.createElement("span");
+    bandEl.className = "band";
+    bandEl.textContent = score.risk ? score.risk : "≥ " + score.risk_at_least;
+    cell.append(" ", bandEl);
+  });
+
   socket.on("presence", (event) => {
     const row = panel.querySelector('tr[data-patient="' + CSS.escape(event.patient_id) + '"]');
     const cell = row && row.querySelector("td.devices");
     if (!cell) return;
-    cell.dataset.online = event.online ? "yes" : "no";
-    cell.textContent = event.online ? "online" : "offline";
+    // the server tells only changes, so the count moves by one each time
+    const total = Number(cell.dataset.total || 0);
+    if (!total) return;
+    let online = Number(cell.dataset.online || 0) + (event.online ? 1 : -1);
+    online = Math.max(0, Math.min(total, online));
+    cell.dataset.online = String(online);
+    cell.textContent = online + "/" + total + " online";
   });
 })();

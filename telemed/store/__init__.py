@@ -6,13 +6,23 @@ Later features add their collections here, as methods on `Store`, in both adapte
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
 from telemed.accounts import Patient, Role, User
 from telemed.audit import AuditEvent, AuditRecord
-from telemed.monitoring import Device, Observation
+from telemed.monitoring import (
+    Alert,
+    AlertState,
+    CheckIn,
+    Device,
+    DevicePresence,
+    LatestCheckIns,
+    MonitoringPlan,
+    Observation,
+    Severity,
+)
 from telemed.sessions import Session
 from telemed.settings import StoreSettings
 from telemed.throttle import Throttle
@@ -143,6 +153,83 @@ class Store(Protocol):
     async def latest_observations(self, patient_id: str) -> list[Observation]:
         """The newest observation of each code for the patient, ordered by code; on a tie
         (two devices, same instant) the one `newest_first` would list first."""
+
+    # device presence -------------------------------------------------------
+    async def set_device_presence(self, device_id: str, online: bool, at: datetime) -> bool:
+        """Record a device's retained status. True if it changed (or is the first one);
+        False if it was already `online`, which keeps the time it first became so."""
+
+    async def record_device_activity(self, latest: Mapping[str, datetime]) -> None:
+        """For each device id, its newest reading time in a batch: `last_seen_at` becomes
+        the later of the stored one and this (a late batch never moves it back). One write
+        for the whole mapping: ingestion calls it once per committed batch."""
+
+    async def get_device_presence(self, device_id: str) -> DevicePresence | None: ...
+
+    async def list_device_presence(
+        self, device_ids: Collection[str] | None = None
+    ) -> list[DevicePresence]:
+        """All known presences, or those of these devices; ordered by device id."""
+
+    # monitoring plans ------------------------------------------------------
+    async def get_monitoring_plan(self, patient_id: str) -> MonitoringPlan | None:
+        """None while the patient's care team changed nothing (the defaults apply)."""
+
+    async def put_monitoring_plan(self, plan: MonitoringPlan) -> None:
+        """Insert or replace the patient's plan."""
+
+    # check-ins (consciousness, supplemental oxygen) --------------------------
+    async def add_check_in(self, check_in: CheckIn) -> None:
+        """Raise `Conflict` if the id is taken."""
+
+    async def latest_check_ins(self, patient_id: str) -> LatestCheckIns:
+        """The newest check-in that gave consciousness, and the newest that gave oxygen;
+        on a tie in time, the greater id."""
+
+    async def check_ins(self, patient_id: str, *, limit: int | None = None) -> list[CheckIn]:
+        """Newest first (taken_at, then id, descending)."""
+
+    # alerts ----------------------------------------------------------------
+    async def add_alert(self, alert: Alert) -> None:
+        """Raise `Conflict` if the id is taken, or if `alert` is not resolved while another
+        alert of the same (patient_id, rule) is not resolved either: the store itself keeps
+        at most one active alert per patient and rule, across processes."""
+
+    async def get_alert(self, alert_id: str) -> Alert | None: ...
+
+    async def active_alert(self, patient_id: str, rule: str) -> Alert | None:
+        """The patient's alert for `rule` that is not resolved, if there is one."""
+
+    async def alerts(
+        self,
+        patient_id: str | None = None,
+        *,
+        states: Collection[AlertState] | None = None,
+        limit: int | None = None,
+    ) -> list[Alert]:
+        """One patient's alerts (or every patient's), optionally in these states; newest
+        opened first (opened_at, then id, descending)."""
+
+    async def record_breach(
+        self,
+        alert_id: str,
+        *,
+        at: datetime,
+        severity: Severity,
+        detail: str,
+        value: float | None = None,
+        score: int | None = None,
+    ) -> Alert | None:
+        """The condition held again at `at`: if the alert is active and `at` is after its
+        `last_breach_at`, set those fields atomically and return the alert as updated;
+        otherwise (resolved, unknown, or an older breach arriving late) change nothing and
+        return None. The state and acknowledgement are kept."""
+
+    async def acknowledge_alert(self, alert_id: str, by: str, at: datetime) -> Alert | None:
+        """Open -> acknowledged, by whom and when; None (nothing changed) unless open."""
+
+    async def resolve_alert(self, alert_id: str, by: str, at: datetime) -> Alert | None:
+        """Open or acknowledged -> resolved; None (nothing changed) unless active."""
 
     # audit log -----------------------------------------------------------
     async def append_audit(self, event: AuditEvent) -> AuditRecord:

@@ -21,12 +21,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, WriteConcern
+from pymongo import (
+    ASCENDING,
+    DESCENDING,
+    AsyncMongoClient,
+    IndexModel,
+    ReturnDocument,
+    UpdateOne,
+    WriteConcern,
+)
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
@@ -34,7 +42,19 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 from telemed.accounts import Patient, Role, User
 from telemed.audit import AuditEvent, AuditRecord, Outcome, seal
 from telemed.errors import Conflict, NotFound, StoreUnavailable
-from telemed.monitoring import Device, Observation
+from telemed.monitoring import (
+    ACTIVE_STATES,
+    Alert,
+    AlertState,
+    CheckIn,
+    Device,
+    DevicePresence,
+    LatestCheckIns,
+    MonitoringPlan,
+    Observation,
+    Severity,
+    Threshold,
+)
 from telemed.sessions import Session
 from telemed.throttle import Throttle
 from telemed.tokens import ApiToken
@@ -60,6 +80,11 @@ DEVICES = "devices"
 # unique index, and the (device_id, code, taken_at) key is what absorbs redeliveries.
 OBSERVATIONS = "observations"
 AUDIT_LOG = "audit_log"
+DEVICE_PRESENCE = "device_presence"
+MONITORING_PLANS = "monitoring_plans"
+CHECK_INS = "check_ins"
+# `active` repeats "state is not resolved": a partial index can filter on equality only
+ALERTS = "alerts"
 
 # Acknowledged means durable: journaled on a majority of the replica set.
 DURABLE = WriteConcern(w="majority", j=True)
@@ -105,6 +130,24 @@ INDEXES: dict[str, list[IndexModel]] = {
             ],
             name="by_patient_code_taken_at",
         ),
+    ],
+    CHECK_INS: [
+        IndexModel(
+            [("patient_id", ASCENDING), ("taken_at", ASCENDING)], name="by_patient_taken_at"
+        ),
+    ],
+    ALERTS: [
+        # at most one active alert per (patient, rule), even across processes
+        IndexModel(
+            [("patient_id", ASCENDING), ("rule", ASCENDING)],
+            name="one_active_per_patient_rule",
+            unique=True,
+            partialFilterExpression={"active": True},
+        ),
+        IndexModel(
+            [("patient_id", ASCENDING), ("opened_at", ASCENDING)], name="by_patient_opened_at"
+        ),
+        IndexModel([("active", ASCENDING), ("opened_at", ASCENDING)], name="by_active"),
     ],
     AUDIT_LOG: [
         # `seq` repeats `_id` so that the per-patient index can end with it
@@ -179,6 +222,10 @@ class MongoStore:
             OBSERVATIONS, write_concern=DURABLE
         )
         self._audit: AsyncCollection[Document] = self._db[AUDIT_LOG]
+        self._presence: AsyncCollection[Document] = self._db[DEVICE_PRESENCE]
+        self._plans: AsyncCollection[Document] = self._db[MONITORING_PLANS]
+        self._check_ins: AsyncCollection[Document] = self._db[CHECK_INS]
+        self._alerts: AsyncCollection[Document] = self._db[ALERTS]
         self._closed = False
 
     @contextmanager
@@ -596,6 +643,293 @@ class MongoStore:
             cursor = await self._observations.aggregate(pipeline)
             docs = await cursor.to_list()
         return [self._observation(d["latest"]) for d in docs]
+
+    # device presence --------------------------------------------------------
+    @staticmethod
+    def _presence_of(doc: Document) -> DevicePresence:
+        online = doc.get("online")
+        return DevicePresence(
+            device_id=doc["_id"],
+            online=None if online is None else bool(online),
+            status_at=_dt_or_none(doc.get("status_at")),
+            last_seen_at=_dt_or_none(doc.get("last_seen_at")),
+        )
+
+    async def set_device_presence(self, device_id: str, online: bool, at: datetime) -> bool:
+        try:
+            with self._op(f"presence of device {device_id}"):
+                # no match when the status is unchanged: the upsert then collides on _id
+                await self._presence.update_one(
+                    {"_id": device_id, "online": {"$ne": online}},
+                    {"$set": {"online": online, "status_at": at}},
+                    upsert=True,
+                )
+        except Conflict:
+            return False
+        return True
+
+    async def record_device_activity(self, latest: Mapping[str, datetime]) -> None:
+        if not latest:
+            return
+        # $max compares BSON dates: a late batch never moves last_seen_at back
+        ops = [
+            UpdateOne({"_id": device_id}, {"$max": {"last_seen_at": at}}, upsert=True)
+            for device_id, at in latest.items()
+        ]
+        with self._op("device activity"):
+            try:
+                await self._presence.bulk_write(ops, ordered=False)
+            except BulkWriteError as exc:
+                # two processes upserting a new device at once: one insert loses on _id,
+                # and the winner's document holds a time from the same stream; retry the
+                # losers once, now as plain updates
+                if {e.get("code") for e in exc.details.get("writeErrors", [])} != {DUPLICATE_KEY}:
+                    raise
+                retry = [ops[e["index"]] for e in exc.details["writeErrors"]]
+                await self._presence.bulk_write(retry, ordered=False)
+
+    async def get_device_presence(self, device_id: str) -> DevicePresence | None:
+        with self._op(f"presence of device {device_id}"):
+            doc = await self._presence.find_one({"_id": device_id})
+        return self._presence_of(doc) if doc else None
+
+    async def list_device_presence(
+        self, device_ids: Collection[str] | None = None
+    ) -> list[DevicePresence]:
+        if device_ids is not None and not device_ids:
+            return []
+        query: Document = {} if device_ids is None else {"_id": {"$in": sorted(set(device_ids))}}
+        with self._op("device presence"):
+            docs = await self._presence.find(query, sort=[("_id", ASCENDING)]).to_list()
+        return [self._presence_of(d) for d in docs]
+
+    # monitoring plans -------------------------------------------------------
+    @staticmethod
+    def _plan(doc: Document) -> MonitoringPlan:
+        return MonitoringPlan(
+            patient_id=doc["_id"],
+            thresholds={
+                t["code"]: Threshold(
+                    None if t["low"] is None else float(t["low"]),
+                    None if t["high"] is None else float(t["high"]),
+                )
+                for t in doc["thresholds"]
+            },
+            spo2_scale=int(doc["spo2_scale"]),
+            offline_after=timedelta(milliseconds=int(doc["offline_after_ms"])),
+            quiet_period=timedelta(milliseconds=int(doc["quiet_period_ms"])),
+            updated_by=doc["updated_by"],
+            updated_at=_dt_or_none(doc.get("updated_at")),
+        )
+
+    async def get_monitoring_plan(self, patient_id: str) -> MonitoringPlan | None:
+        with self._op(f"monitoring plan of patient {patient_id}"):
+            doc = await self._plans.find_one({"_id": patient_id})
+        return self._plan(doc) if doc else None
+
+    async def put_monitoring_plan(self, plan: MonitoringPlan) -> None:
+        doc: Document = {
+            "_id": plan.patient_id,
+            # a list, not a document keyed by code: codes are data, not field names
+            "thresholds": [
+                {"code": code, "low": t.low, "high": t.high}
+                for code, t in sorted(plan.thresholds.items())
+            ],
+            "spo2_scale": plan.spo2_scale,
+            "offline_after_ms": plan.offline_after // timedelta(milliseconds=1),
+            "quiet_period_ms": plan.quiet_period // timedelta(milliseconds=1),
+            "updated_by": plan.updated_by,
+            "updated_at": plan.updated_at,
+        }
+        with self._op(f"monitoring plan of patient {plan.patient_id}"):
+            await self._plans.replace_one({"_id": plan.patient_id}, doc, upsert=True)
+
+    # check-ins --------------------------------------------------------------
+    @staticmethod
+    def _check_in(doc: Document) -> CheckIn:
+        oxygen = doc.get("on_oxygen")
+        return CheckIn(
+            id=doc["_id"],
+            patient_id=doc["patient_id"],
+            taken_at=_dt(doc["taken_at"]),
+            entered_by=doc["entered_by"],
+            entered_by_role=doc["entered_by_role"],
+            consciousness=doc.get("consciousness"),
+            on_oxygen=None if oxygen is None else bool(oxygen),
+        )
+
+    async def add_check_in(self, check_in: CheckIn) -> None:
+        c = check_in
+        doc: Document = {
+            "_id": c.id,
+            "patient_id": c.patient_id,
+            "taken_at": c.taken_at,
+            "entered_by": c.entered_by,
+            "entered_by_role": c.entered_by_role,
+            "consciousness": c.consciousness,
+            "on_oxygen": c.on_oxygen,
+        }
+        with self._op(f"check-in of patient {c.patient_id}"):
+            await self._check_ins.insert_one(doc)
+
+    async def latest_check_ins(self, patient_id: str) -> LatestCheckIns:
+        newest = [("taken_at", DESCENDING), ("_id", DESCENDING)]
+        with self._op(f"check-ins of patient {patient_id}"):
+            consciousness = await self._check_ins.find_one(
+                {"patient_id": patient_id, "consciousness": {"$ne": None}}, sort=newest
+            )
+            oxygen = await self._check_ins.find_one(
+                {"patient_id": patient_id, "on_oxygen": {"$ne": None}}, sort=newest
+            )
+        return LatestCheckIns(
+            consciousness=self._check_in(consciousness) if consciousness else None,
+            on_oxygen=self._check_in(oxygen) if oxygen else None,
+        )
+
+    async def check_ins(self, patient_id: str, *, limit: int | None = None) -> list[CheckIn]:
+        if limit is not None and limit <= 0:
+            return []  # a MongoDB limit of 0 would mean "no limit"
+        with self._op(f"check-ins of patient {patient_id}"):
+            cursor = self._check_ins.find(
+                {"patient_id": patient_id},
+                sort=[("taken_at", DESCENDING), ("_id", DESCENDING)],
+                limit=limit or 0,
+            )
+            docs = await cursor.to_list()
+        return [self._check_in(d) for d in docs]
+
+    # alerts -----------------------------------------------------------------
+    @staticmethod
+    def _alert_doc(alert: Alert) -> Document:
+        a = alert
+        return {
+            "_id": a.id,
+            "patient_id": a.patient_id,
+            "rule": a.rule,
+            "severity": a.severity.value,
+            "state": a.state.value,
+            "active": a.active,
+            "opened_at": a.opened_at,
+            "last_breach_at": a.last_breach_at,
+            "detail": a.detail,
+            "value": None if a.value is None else float(a.value),
+            "score": a.score,
+            "acknowledged_by": a.acknowledged_by,
+            "acknowledged_at": a.acknowledged_at,
+            "resolved_at": a.resolved_at,
+            "resolved_by": a.resolved_by,
+        }
+
+    @staticmethod
+    def _alert(doc: Document) -> Alert:
+        value, score = doc.get("value"), doc.get("score")
+        return Alert(
+            id=doc["_id"],
+            patient_id=doc["patient_id"],
+            rule=doc["rule"],
+            severity=Severity(doc["severity"]),
+            state=AlertState(doc["state"]),
+            opened_at=_dt(doc["opened_at"]),
+            last_breach_at=_dt(doc["last_breach_at"]),
+            detail=doc["detail"],
+            value=None if value is None else float(value),
+            score=None if score is None else int(score),
+            acknowledged_by=doc["acknowledged_by"],
+            acknowledged_at=_dt_or_none(doc.get("acknowledged_at")),
+            resolved_at=_dt_or_none(doc.get("resolved_at")),
+            resolved_by=doc["resolved_by"],
+        )
+
+    async def add_alert(self, alert: Alert) -> None:
+        with self._op(f"alert {alert.id}"):
+            await self._alerts.insert_one(self._alert_doc(alert))
+
+    async def get_alert(self, alert_id: str) -> Alert | None:
+        with self._op(f"alert {alert_id}"):
+            doc = await self._alerts.find_one({"_id": alert_id})
+        return self._alert(doc) if doc else None
+
+    async def active_alert(self, patient_id: str, rule: str) -> Alert | None:
+        with self._op(f"alerts of patient {patient_id}"):
+            doc = await self._alerts.find_one(
+                {"patient_id": patient_id, "rule": rule, "active": True}
+            )
+        return self._alert(doc) if doc else None
+
+    async def alerts(
+        self,
+        patient_id: str | None = None,
+        *,
+        states: Collection[AlertState] | None = None,
+        limit: int | None = None,
+    ) -> list[Alert]:
+        if (limit is not None and limit <= 0) or (states is not None and not states):
+            return []  # a MongoDB limit of 0 would mean "no limit"
+        query: Document = {} if patient_id is None else {"patient_id": patient_id}
+        if states is not None:
+            wanted = {AlertState(s) for s in states}
+            if wanted == ACTIVE_STATES:
+                query["active"] = True
+            else:
+                query["state"] = {"$in": sorted(s.value for s in wanted)}
+        with self._op("alerts"):
+            cursor = self._alerts.find(
+                query, sort=[("opened_at", DESCENDING), ("_id", DESCENDING)], limit=limit or 0
+            )
+            docs = await cursor.to_list()
+        return [self._alert(d) for d in docs]
+
+    async def _update_alert(
+        self, alert_id: str, match: Document, changes: Document
+    ) -> Alert | None:
+        with self._op(f"alert {alert_id}"):
+            doc = await self._alerts.find_one_and_update(
+                {"_id": alert_id, **match},
+                {"$set": changes},
+                return_document=ReturnDocument.AFTER,
+            )
+        return self._alert(doc) if doc else None
+
+    async def record_breach(
+        self,
+        alert_id: str,
+        *,
+        at: datetime,
+        severity: Severity,
+        detail: str,
+        value: float | None = None,
+        score: int | None = None,
+    ) -> Alert | None:
+        return await self._update_alert(
+            alert_id,
+            {"active": True, "last_breach_at": {"$lt": at}},
+            {
+                "last_breach_at": at,
+                "severity": Severity(severity).value,
+                "detail": detail,
+                "value": None if value is None else float(value),
+                "score": score,
+            },
+        )
+
+    async def acknowledge_alert(self, alert_id: str, by: str, at: datetime) -> Alert | None:
+        return await self._update_alert(
+            alert_id,
+            {"state": AlertState.OPEN.value},
+            {"state": AlertState.ACKNOWLEDGED.value, "acknowledged_by": by, "acknowledged_at": at},
+        )
+
+    async def resolve_alert(self, alert_id: str, by: str, at: datetime) -> Alert | None:
+        return await self._update_alert(
+            alert_id,
+            {"active": True},
+            {
+                "state": AlertState.RESOLVED.value,
+                "active": False,
+                "resolved_by": by,
+                "resolved_at": at,
+            },
+        )
 
     # audit log --------------------------------------------------------------
     @staticmethod

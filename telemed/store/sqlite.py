@@ -13,16 +13,27 @@ import asyncio
 import json
 import os
 import sqlite3
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 from telemed.accounts import Patient, Role, User
 from telemed.audit import AuditEvent, AuditRecord, Outcome, seal
 from telemed.errors import Conflict, NotFound, StoreUnavailable
-from telemed.monitoring import Device, Observation
+from telemed.monitoring import (
+    Alert,
+    AlertState,
+    CheckIn,
+    Device,
+    DevicePresence,
+    LatestCheckIns,
+    MonitoringPlan,
+    Observation,
+    Severity,
+    Threshold,
+)
 from telemed.sessions import Session
 from telemed.throttle import Throttle
 from telemed.tokens import ApiToken
@@ -127,6 +138,55 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX observations_by_patient
         ON observations (patient_id, code, taken_at, device_id);
     """,
+    # 3: alerting: device presence, monitoring plans, check-ins, alerts
+    """
+    CREATE TABLE device_presence (
+        device_id TEXT PRIMARY KEY,
+        online INTEGER,
+        status_at TEXT,
+        last_seen_at TEXT
+    ) WITHOUT ROWID;
+    CREATE TABLE monitoring_plans (
+        patient_id TEXT PRIMARY KEY,
+        thresholds TEXT NOT NULL,
+        spo2_scale INTEGER NOT NULL CHECK (spo2_scale IN (1, 2)),
+        offline_after_ms INTEGER NOT NULL,
+        quiet_period_ms INTEGER NOT NULL,
+        updated_by TEXT NOT NULL,
+        updated_at TEXT
+    );
+    CREATE TABLE check_ins (
+        id TEXT PRIMARY KEY,
+        patient_id TEXT NOT NULL,
+        taken_at TEXT NOT NULL,
+        entered_by TEXT NOT NULL,
+        entered_by_role TEXT NOT NULL,
+        consciousness TEXT,
+        on_oxygen INTEGER
+    );
+    CREATE INDEX check_ins_by_patient ON check_ins (patient_id, taken_at, id);
+    CREATE TABLE alerts (
+        id TEXT PRIMARY KEY,
+        patient_id TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        state TEXT NOT NULL,
+        opened_at TEXT NOT NULL,
+        last_breach_at TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        value REAL,
+        score INTEGER,
+        acknowledged_by TEXT NOT NULL,
+        acknowledged_at TEXT,
+        resolved_at TEXT,
+        resolved_by TEXT NOT NULL
+    );
+    -- the rule "at most one active alert per patient and rule", kept by the store
+    CREATE UNIQUE INDEX alerts_one_active ON alerts (patient_id, rule)
+        WHERE state != 'resolved';
+    CREATE INDEX alerts_by_patient ON alerts (patient_id, opened_at, id);
+    CREATE INDEX alerts_active ON alerts (opened_at, id) WHERE state != 'resolved';
+    """,
 )
 
 
@@ -136,6 +196,18 @@ def _t(moment: datetime) -> str:
 
 def _dt(text: str) -> datetime:
     return datetime.fromisoformat(text).astimezone(UTC)
+
+
+def _t_or_none(moment: datetime | None) -> str | None:
+    return None if moment is None else _t(moment)
+
+
+def _dt_or_none(text: str | None) -> datetime | None:
+    return None if text is None else _dt(text)
+
+
+def _ms(delta: timedelta) -> int:
+    return delta // timedelta(milliseconds=1)
 
 
 def _path_from_url(url: str, base_dir: str) -> Path:
@@ -173,7 +245,7 @@ class SqliteStore:
 
     def _connect(self) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o711)
             # the file holds password hashes and patient data: its owner only (the WAL
             # and shared-memory files SQLite creates beside it take the same mode)
             os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
@@ -659,6 +731,282 @@ class SqliteStore:
             (patient_id,),
         )
         return [self._observation(r) for r in rows]
+
+    # device presence --------------------------------------------------------
+    @staticmethod
+    def _presence(row: sqlite3.Row) -> DevicePresence:
+        online = row["online"]
+        return DevicePresence(
+            device_id=row["device_id"],
+            online=None if online is None else bool(online),
+            status_at=_dt_or_none(row["status_at"]),
+            last_seen_at=_dt_or_none(row["last_seen_at"]),
+        )
+
+    async def set_device_presence(self, device_id: str, online: bool, at: datetime) -> bool:
+        return bool(
+            await self.write(
+                "INSERT INTO device_presence (device_id, online, status_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (device_id) DO UPDATE"
+                " SET online = excluded.online, status_at = excluded.status_at"
+                " WHERE online IS NOT excluded.online",
+                (device_id, int(online), _t(at)),
+            )
+        )
+
+    def _record_device_activity(self, latest: Mapping[str, datetime]) -> None:
+        conn = self.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                # ISO 8601 UTC text to the ms sorts as the instants do
+                conn.executemany(
+                    "INSERT INTO device_presence (device_id, last_seen_at) VALUES (?, ?)"
+                    " ON CONFLICT (device_id) DO UPDATE SET last_seen_at = excluded.last_seen_at"
+                    " WHERE last_seen_at IS NULL OR last_seen_at < excluded.last_seen_at",
+                    ((device_id, _t(at)) for device_id, at in latest.items()),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"device activity not recorded: {exc}") from exc
+
+    async def record_device_activity(self, latest: Mapping[str, datetime]) -> None:
+        if latest:
+            await self._run(self._record_device_activity, dict(latest))
+
+    async def get_device_presence(self, device_id: str) -> DevicePresence | None:
+        rows = await self.rows("SELECT * FROM device_presence WHERE device_id = ?", (device_id,))
+        return self._presence(rows[0]) if rows else None
+
+    async def list_device_presence(
+        self, device_ids: Collection[str] | None = None
+    ) -> list[DevicePresence]:
+        if device_ids is None:
+            rows = await self.rows("SELECT * FROM device_presence ORDER BY device_id")
+        elif not device_ids:
+            return []
+        else:
+            ids = sorted(set(device_ids))
+            marks = ",".join("?" * len(ids))
+            rows = await self.rows(
+                f"SELECT * FROM device_presence WHERE device_id IN ({marks})"  # noqa: S608
+                " ORDER BY device_id",
+                tuple(ids),
+            )
+        return [self._presence(r) for r in rows]
+
+    # monitoring plans -------------------------------------------------------
+    @staticmethod
+    def _plan(row: sqlite3.Row) -> MonitoringPlan:
+        thresholds = {
+            item["code"]: Threshold(item["low"], item["high"])
+            for item in json.loads(row["thresholds"])
+        }
+        return MonitoringPlan(
+            patient_id=row["patient_id"],
+            thresholds=thresholds,
+            spo2_scale=row["spo2_scale"],
+            offline_after=timedelta(milliseconds=row["offline_after_ms"]),
+            quiet_period=timedelta(milliseconds=row["quiet_period_ms"]),
+            updated_by=row["updated_by"],
+            updated_at=_dt_or_none(row["updated_at"]),
+        )
+
+    async def get_monitoring_plan(self, patient_id: str) -> MonitoringPlan | None:
+        rows = await self.rows("SELECT * FROM monitoring_plans WHERE patient_id = ?", (patient_id,))
+        return self._plan(rows[0]) if rows else None
+
+    async def put_monitoring_plan(self, plan: MonitoringPlan) -> None:
+        # JSON writes a float as its shortest repr, which reads back as the same float
+        thresholds = json.dumps(
+            [
+                {"code": code, "low": t.low, "high": t.high}
+                for code, t in sorted(plan.thresholds.items())
+            ],
+            allow_nan=False,
+        )
+        await self.write(
+            "INSERT OR REPLACE INTO monitoring_plans VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                plan.patient_id,
+                thresholds,
+                plan.spo2_scale,
+                _ms(plan.offline_after),
+                _ms(plan.quiet_period),
+                plan.updated_by,
+                _t_or_none(plan.updated_at),
+            ),
+        )
+
+    # check-ins --------------------------------------------------------------
+    @staticmethod
+    def _check_in(row: sqlite3.Row) -> CheckIn:
+        oxygen = row["on_oxygen"]
+        return CheckIn(
+            id=row["id"],
+            patient_id=row["patient_id"],
+            taken_at=_dt(row["taken_at"]),
+            entered_by=row["entered_by"],
+            entered_by_role=row["entered_by_role"],
+            consciousness=row["consciousness"],
+            on_oxygen=None if oxygen is None else bool(oxygen),
+        )
+
+    async def add_check_in(self, check_in: CheckIn) -> None:
+        c = check_in
+        await self.write(
+            "INSERT INTO check_ins VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                c.id,
+                c.patient_id,
+                _t(c.taken_at),
+                c.entered_by,
+                c.entered_by_role,
+                c.consciousness,
+                None if c.on_oxygen is None else int(c.on_oxygen),
+            ),
+        )
+
+    async def latest_check_ins(self, patient_id: str) -> LatestCheckIns:
+        newest = (
+            "SELECT * FROM check_ins WHERE patient_id = ? AND {} IS NOT NULL"
+            " ORDER BY taken_at DESC, id DESC LIMIT 1"
+        )
+        consciousness = await self.rows(newest.format("consciousness"), (patient_id,))
+        oxygen = await self.rows(newest.format("on_oxygen"), (patient_id,))
+        return LatestCheckIns(
+            consciousness=self._check_in(consciousness[0]) if consciousness else None,
+            on_oxygen=self._check_in(oxygen[0]) if oxygen else None,
+        )
+
+    async def check_ins(self, patient_id: str, *, limit: int | None = None) -> list[CheckIn]:
+        if limit is not None and limit <= 0:
+            return []
+        rows = await self.rows(
+            "SELECT * FROM check_ins WHERE patient_id = ? ORDER BY taken_at DESC, id DESC LIMIT ?",
+            (patient_id, -1 if limit is None else limit),
+        )
+        return [self._check_in(r) for r in rows]
+
+    # alerts -----------------------------------------------------------------
+    @staticmethod
+    def _alert(row: sqlite3.Row) -> Alert:
+        return Alert(
+            id=row["id"],
+            patient_id=row["patient_id"],
+            rule=row["rule"],
+            severity=Severity(row["severity"]),
+            state=AlertState(row["state"]),
+            opened_at=_dt(row["opened_at"]),
+            last_breach_at=_dt(row["last_breach_at"]),
+            detail=row["detail"],
+            value=row["value"],
+            score=row["score"],
+            acknowledged_by=row["acknowledged_by"],
+            acknowledged_at=_dt_or_none(row["acknowledged_at"]),
+            resolved_at=_dt_or_none(row["resolved_at"]),
+            resolved_by=row["resolved_by"],
+        )
+
+    async def add_alert(self, alert: Alert) -> None:
+        a = alert
+        await self.write(
+            "INSERT INTO alerts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                a.id,
+                a.patient_id,
+                a.rule,
+                a.severity.value,
+                a.state.value,
+                _t(a.opened_at),
+                _t(a.last_breach_at),
+                a.detail,
+                a.value,
+                a.score,
+                a.acknowledged_by,
+                _t_or_none(a.acknowledged_at),
+                _t_or_none(a.resolved_at),
+                a.resolved_by,
+            ),
+        )
+
+    async def get_alert(self, alert_id: str) -> Alert | None:
+        rows = await self.rows("SELECT * FROM alerts WHERE id = ?", (alert_id,))
+        return self._alert(rows[0]) if rows else None
+
+    async def active_alert(self, patient_id: str, rule: str) -> Alert | None:
+        rows = await self.rows(
+            "SELECT * FROM alerts WHERE patient_id = ? AND rule = ? AND state != 'resolved'",
+            (patient_id, rule),
+        )
+        return self._alert(rows[0]) if rows else None
+
+    async def alerts(
+        self,
+        patient_id: str | None = None,
+        *,
+        states: Collection[AlertState] | None = None,
+        limit: int | None = None,
+    ) -> list[Alert]:
+        if (limit is not None and limit <= 0) or (states is not None and not states):
+            return []
+        where: list[str] = []
+        params: list[Any] = []
+        if patient_id is not None:
+            where.append("patient_id = ?")
+            params.append(patient_id)
+        if states is not None:
+            wanted = sorted({AlertState(s).value for s in states})
+            if set(wanted) == {AlertState.OPEN.value, AlertState.ACKNOWLEDGED.value}:
+                where.append("state != 'resolved'")  # the partial indexes' own condition
+            else:
+                where.append(f"state IN ({','.join('?' * len(wanted))})")
+                params.extend(wanted)
+        sql = "SELECT * FROM alerts"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY opened_at DESC, id DESC LIMIT ?"
+        params.append(-1 if limit is None else limit)
+        rows = await self.rows(sql, tuple(params))
+        return [self._alert(r) for r in rows]
+
+    async def _update_alert(self, sql: str, params: tuple[Any, ...]) -> Alert | None:
+        rows = await self.rows(sql + " RETURNING *", params)
+        return self._alert(rows[0]) if rows else None
+
+    async def record_breach(
+        self,
+        alert_id: str,
+        *,
+        at: datetime,
+        severity: Severity,
+        detail: str,
+        value: float | None = None,
+        score: int | None = None,
+    ) -> Alert | None:
+        return await self._update_alert(
+            "UPDATE alerts SET last_breach_at = ?, severity = ?, detail = ?, value = ?,"
+            " score = ? WHERE id = ? AND state != 'resolved' AND last_breach_at < ?",
+            (_t(at), Severity(severity).value, detail, value, score, alert_id, _t(at)),
+        )
+
+    async def acknowledge_alert(self, alert_id: str, by: str, at: datetime) -> Alert | None:
+        return await self._update_alert(
+            "UPDATE alerts SET state = 'acknowledged', acknowledged_by = ?, acknowledged_at = ?"
+            " WHERE id = ? AND state = 'open'",
+            (by, _t(at), alert_id),
+        )
+
+    async def resolve_alert(self, alert_id: str, by: str, at: datetime) -> Alert | None:
+        return await self._update_alert(
+            "UPDATE alerts SET state = 'resolved', resolved_by = ?, resolved_at = ?"
+            " WHERE id = ? AND state != 'resolved'",
+            (by, _t(at), alert_id),
+        )
 
     # audit log --------------------------------------------------------------
     @staticmethod

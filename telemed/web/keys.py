@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 from devices.broker import BrokerAccess
 from devices.enrollment import Enrollment
 from devices.ingest import Ingestor
+from devices.monitor import Monitor
 from telemed.clinic import Clinic
 from telemed.clock import Clock
 from telemed.probes import Probe
@@ -34,4 +35,5 @@ PROBES = web.AppKey("probes", list[Probe])
 BROKER = web.AppKey("broker", BrokerAccess)
 ENROLLMENT = web.AppKey("enrollment", Enrollment)
 INGESTOR = web.AppKey("ingestor", Ingestor)
+MONITOR = web.AppKey("monitor", Monitor)
 LIVE: web.AppKey[LiveHub] = web.AppKey("live")  # LiveHub imports the web layer itself

@@ -6,9 +6,9 @@ from aiohttp import web
 
 from telemed.accounts import Role
 from telemed.errors import ValidationError
-from telemed.monitoring import Observation
+from telemed.monitoring import ACTIVE_STATES
 from telemed.web.auth import landing, render, require
-from telemed.web.keys import CLINIC, ENROLLMENT, SETTINGS, STORE, THROTTLE_POLICY
+from telemed.web.keys import CLINIC, ENROLLMENT, MONITOR, SETTINGS, STORE, THROTTLE_POLICY
 from telemed.web.middleware import USER, actor
 from telemed.web.vitals_view import COLUMNS, DASHBOARD
 
@@ -25,15 +25,27 @@ async def index(request: web.Request) -> web.StreamResponse:
 async def dashboard(request: web.Request) -> web.Response:
     await require(request, Role.DOCTOR, Role.NURSE)
     clinic, store, who = request.app[CLINIC], request.app[STORE], actor(request)
+    monitor = request.app[MONITOR]
     patients = await clinic.patients_for(who)
-    latest: dict[str, dict[str, Observation]] = {}
+    rows = []
     for p in patients:
         await clinic.clinical_access(who, p.id, "observation.read")
-        latest[p.id] = {o.code: o for o in await store.latest_observations(p.id)}
+        devices = [d for d in await store.list_devices(p.id) if d.active]
+        presence = await store.list_device_presence([d.id for d in devices])
+        rows.append(
+            {
+                "patient": p,
+                "latest": {o.code: o for o in await store.latest_observations(p.id)},
+                "news2": await monitor.news2(who, p.id),
+                "alerts": await monitor.alerts(who, p.id, states=ACTIVE_STATES),
+                "devices": len(devices),
+                "online": sum(1 for x in presence if x.online),
+            }
+        )
     return render(
         request,
         "dashboard.html",
-        {"patients": patients, "latest": latest, "columns": DASHBOARD},
+        {"patients": patients, "rows": rows, "columns": DASHBOARD},
     )
 
 

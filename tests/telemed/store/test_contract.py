@@ -16,7 +16,19 @@ from pymongo.errors import BulkWriteError
 from telemed.accounts import Patient, Role, User
 from telemed.audit import GENESIS, AuditEvent, AuditRecord, Outcome, averify, entry_hash
 from telemed.errors import Conflict, NotFound, StoreUnavailable
-from telemed.monitoring import Device, Observation
+from telemed.monitoring import (
+    ACTIVE_STATES,
+    Alert,
+    AlertState,
+    CheckIn,
+    Device,
+    DevicePresence,
+    LatestCheckIns,
+    MonitoringPlan,
+    Observation,
+    Severity,
+    Threshold,
+)
 from telemed.sessions import Session
 from telemed.store import Store
 from telemed.store.mongo import MongoStore, _inserted_besides_duplicates
@@ -37,6 +49,18 @@ NX_SET_DATE = (
 NX_SUBSECOND_RANGE = (
     "nx-27017 compares dates in range queries to the whole second ($gte 09:30:18.623 matches "
     "09:30:18.123); MongoDB compares BSON dates to the millisecond"
+)
+
+
+NX_MAX_DATE = (
+    "nx-27017 applies $max to a date as to a naive string (a later date leaves the stored one "
+    "unchanged; a missing field becomes text); MongoDB's $max compares and stores BSON dates"
+)
+
+NX_PARTIAL_INDEX = (
+    "nx-27017 accepts a unique index's partialFilterExpression but indexes every document "
+    "(a resolved alert still blocks a new one for its patient and rule); MongoDB's partial "
+    "index holds only the documents its filter matches"
 )
 
 
@@ -1056,7 +1080,449 @@ async def test_concurrent_overlapping_batches_store_each_reading_once(
     )
 
 
+# device presence --------------------------------------------------------------
+
+
+async def test_device_activity_starts_the_presence(store: Store) -> None:
+    assert await store.get_device_presence("d1") is None
+    await store.record_device_activity({"d1": at(10), "d2": at(5)})
+    await store.record_device_activity({})  # nothing to do
+    assert await store.get_device_presence("d1") == DevicePresence("d1", last_seen_at=at(10))
+    assert await store.list_device_presence() == [
+        DevicePresence("d1", last_seen_at=at(10)),
+        DevicePresence("d2", last_seen_at=at(5)),
+    ]
+
+
+async def test_device_activity_keeps_the_newest_time(backend: Backend, store: Store) -> None:
+    skip_on_nx(backend, NX_MAX_DATE)
+    await store.record_device_activity({"d1": at(10), "d2": at(5)})
+    await store.record_device_activity({"d1": at(3), "d2": at(8), "d3": at(1)})
+    await store.record_device_activity({"d1": at(10)})
+    got = {p.device_id: p.last_seen_at for p in await store.list_device_presence()}
+    assert got == {"d1": at(10), "d2": at(8), "d3": at(1)}
+
+
+async def test_device_activity_from_two_stores_at_once(backend: Backend, store: Store) -> None:
+    """Two ingesting processes touch the same new devices concurrently."""
+    skip_on_nx(backend, NX_MAX_DATE)
+    other = await backend.open()
+    async with asyncio.timeout(60):
+        await asyncio.gather(
+            *(
+                (store if n % 2 else other).record_device_activity(
+                    {f"d{k}": at(n) for k in range(5)}
+                )
+                for n in range(10)
+            )
+        )
+    presences = await other.list_device_presence()
+    assert [p.last_seen_at for p in presences] == [at(9)] * 5
+
+
+async def test_first_status_of_a_device(store: Store) -> None:
+    assert await store.set_device_presence("d1", True, at(1))
+    assert await store.set_device_presence("d2", False, at(2))
+    assert await store.get_device_presence("d1") == DevicePresence("d1", True, at(1))
+    assert await store.get_device_presence("d2") == DevicePresence("d2", False, at(2))
+
+
+async def test_an_unchanged_status_keeps_its_time(store: Store) -> None:
+    assert await store.set_device_presence("d1", True, at(1))
+    assert not await store.set_device_presence("d1", True, at(5))  # a retained replay
+    assert await store.get_device_presence("d1") == DevicePresence("d1", True, at(1))
+
+
+async def test_a_status_change_and_activity_share_the_presence(
+    backend: Backend, store: Store
+) -> None:
+    skip_on_nx(backend, NX_SET_DATE)
+    await store.record_device_activity({"d1": at(10)})
+    assert await store.set_device_presence("d1", True, at(11))
+    assert await store.set_device_presence("d1", False, at(20))
+    assert not await store.set_device_presence("d1", False, at(21))
+    assert await store.get_device_presence("d1") == DevicePresence("d1", False, at(20), at(10))
+
+
+async def test_list_device_presence_of_some_devices(store: Store) -> None:
+    await store.record_device_activity({"d3": at(3), "d1": at(1), "d2": at(2)})
+    assert [p.device_id for p in await store.list_device_presence(["d3", "d1", "d9"])] == [
+        "d1",
+        "d3",
+    ]
+    assert await store.list_device_presence([]) == []
+    assert [p.device_id for p in await store.list_device_presence()] == ["d1", "d2", "d3"]
+
+
+# monitoring plans -------------------------------------------------------------
+
+
+def plan(patient_id: str = "p1", **changes: object) -> MonitoringPlan:
+    base = MonitoringPlan(
+        patient_id=patient_id,
+        thresholds={
+            "8867-4": Threshold(41.0, 130.0),
+            "2708-6": Threshold(low=92.0),
+            "8310-5": Threshold(35.1, 0.1 + 0.2 + 38.7),
+            "41653-7": Threshold(high=250.0),
+            "29463-7": Threshold(),
+        },
+        spo2_scale=1,
+        offline_after=timedelta(minutes=30),
+        quiet_period=timedelta(minutes=15, milliseconds=1),
+        updated_by="c1",
+        updated_at=at(1),
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+async def test_monitoring_plan_round_trips(store: Store) -> None:
+    assert await store.get_monitoring_plan("p1") is None
+    await store.put_monitoring_plan(plan())
+    await store.put_monitoring_plan(plan("p2", thresholds={}, updated_by="", updated_at=None))
+    assert await store.get_monitoring_plan("p1") == plan()
+    assert await store.get_monitoring_plan("p2") == plan(
+        "p2", thresholds={}, updated_by="", updated_at=None
+    )
+    assert await store.get_monitoring_plan("p9") is None
+
+
+async def test_monitoring_plan_is_replaced_whole(store: Store) -> None:
+    await store.put_monitoring_plan(plan())
+    changed = plan(
+        thresholds={"8867-4": Threshold(45.0, 120.0)},
+        spo2_scale=2,
+        offline_after=timedelta(hours=2),
+        quiet_period=timedelta(minutes=1),
+        updated_by="c2",
+        updated_at=at(60),
+    )
+    await store.put_monitoring_plan(changed)
+    assert await store.get_monitoring_plan("p1") == changed
+
+
+# check-ins --------------------------------------------------------------------
+
+
+def check_in(
+    id: str,
+    seconds: float,
+    *,
+    consciousness: str | None = None,
+    on_oxygen: bool | None = None,
+    patient_id: str = "p1",
+) -> CheckIn:
+    return CheckIn(
+        id=id,
+        patient_id=patient_id,
+        taken_at=at(seconds),
+        entered_by="u1",
+        entered_by_role="patient",
+        consciousness=consciousness,
+        on_oxygen=on_oxygen,
+    )
+
+
+async def test_latest_check_ins_per_parameter(store: Store) -> None:
+    assert await store.latest_check_ins("p1") == LatestCheckIns()
+    entries = [
+        check_in("c1", 1, consciousness="A", on_oxygen=False),
+        check_in("c2", 5, consciousness="V"),
+        check_in("c3", 3, on_oxygen=True),
+        check_in("c4", 9, consciousness="A", patient_id="p2"),
+    ]
+    for entry in entries:
+        await store.add_check_in(entry)
+    assert await store.latest_check_ins("p1") == LatestCheckIns(entries[1], entries[2])
+    assert await store.latest_check_ins("p2") == LatestCheckIns(entries[3], None)
+    await store.add_check_in(check_in("c5", 10, on_oxygen=False))
+    assert await store.latest_check_ins("p1") == LatestCheckIns(
+        entries[1], check_in("c5", 10, on_oxygen=False)
+    )
+
+
+async def test_latest_check_in_of_a_tie_is_the_greater_id(store: Store) -> None:
+    await store.add_check_in(check_in("cb", 5, consciousness="C"))
+    await store.add_check_in(check_in("ca", 5, consciousness="A"))
+    latest = await store.latest_check_ins("p1")
+    assert latest.consciousness == check_in("cb", 5, consciousness="C")
+
+
+async def test_check_ins_newest_first(store: Store) -> None:
+    for n, id in enumerate(["c1", "c2", "c3", "c4"]):
+        await store.add_check_in(check_in(id, 10 - n, on_oxygen=bool(n % 2)))
+    await store.add_check_in(check_in("c9", 99, consciousness="A", patient_id="p2"))
+    assert [c.id for c in await store.check_ins("p1")] == ["c1", "c2", "c3", "c4"]
+    assert [c.id for c in await store.check_ins("p1", limit=2)] == ["c1", "c2"]
+    assert await store.check_ins("p1", limit=0) == []
+    assert await store.check_ins("p9") == []
+
+
+async def test_add_check_in_with_a_taken_id_conflicts(store: Store) -> None:
+    await store.add_check_in(check_in("c1", 1, consciousness="A"))
+    with pytest.raises(Conflict):
+        await store.add_check_in(check_in("c1", 2, consciousness="U"))
+    assert await store.check_ins("p1") == [check_in("c1", 1, consciousness="A")]
+
+
+# alerts -----------------------------------------------------------------------
+
+
+def alert(
+    id: str,
+    *,
+    rule: str = "threshold:8867-4:high",
+    patient_id: str = "p1",
+    state: AlertState = AlertState.OPEN,
+    opened: float = 0,
+) -> Alert:
+    opened_alert = Alert(
+        id=id,
+        patient_id=patient_id,
+        rule=rule,
+        severity=Severity.MEDIUM,
+        state=AlertState.OPEN,
+        opened_at=at(opened),
+        last_breach_at=at(opened),
+        detail="heart rate 142 /min above 130 /min",
+        value=142.0,
+    )
+    if state is AlertState.OPEN:
+        return opened_alert
+    if state is AlertState.ACKNOWLEDGED:
+        return dataclasses.replace(
+            opened_alert, state=state, acknowledged_by="c1", acknowledged_at=at(opened + 30)
+        )
+    return dataclasses.replace(
+        opened_alert, state=state, resolved_by="system", resolved_at=at(opened + 60)
+    )
+
+
+async def test_add_and_get_alert_keeps_every_field(store: Store) -> None:
+    full = Alert(
+        id="a1",
+        patient_id="p1",
+        rule="news2",
+        severity=Severity.HIGH,
+        state=AlertState.RESOLVED,
+        opened_at=at(0),
+        last_breach_at=at(30.5),
+        detail="NEWS2 7 (incomplete: missing consciousness) «ação»",
+        value=None,
+        score=7,
+        acknowledged_by="c1",
+        acknowledged_at=at(40),
+        resolved_at=at(90),
+        resolved_by="c2",
+    )
+    await store.add_alert(full)
+    await store.add_alert(alert("a2"))
+    assert await store.get_alert("a1") == full
+    assert await store.get_alert("a2") == alert("a2")
+    assert await store.get_alert("a3") is None
+
+
+async def test_add_alert_with_a_taken_id_conflicts(store: Store) -> None:
+    await store.add_alert(alert("a1"))
+    with pytest.raises(Conflict):
+        await store.add_alert(alert("a1", rule="news2"))
+    assert await store.get_alert("a1") == alert("a1")
+
+
+async def test_one_active_alert_per_patient_and_rule(store: Store) -> None:
+    await store.add_alert(alert("a1"))
+    with pytest.raises(Conflict):
+        await store.add_alert(alert("a2"))
+    with pytest.raises(Conflict):
+        await store.add_alert(alert("a3", state=AlertState.ACKNOWLEDGED))
+    await store.add_alert(alert("a4", rule="news2"))  # another rule
+    await store.add_alert(alert("a5", patient_id="p2"))  # another patient
+    assert await store.get_alert("a2") is None
+    assert await store.get_alert("a3") is None
+    assert await store.active_alert("p1", "threshold:8867-4:high") == alert("a1")
+    assert await store.active_alert("p1", "news2") == alert("a4", rule="news2")
+    assert await store.active_alert("p2", "news2") is None
+
+
+async def test_resolved_alerts_do_not_count_as_active(backend: Backend, store: Store) -> None:
+    skip_on_nx(backend, NX_PARTIAL_INDEX)
+    await store.add_alert(alert("a1", state=AlertState.RESOLVED))
+    await store.add_alert(alert("a2", state=AlertState.RESOLVED, opened=100))
+    assert await store.active_alert("p1", "threshold:8867-4:high") is None
+    await store.add_alert(alert("a3", opened=200))
+    assert await store.active_alert("p1", "threshold:8867-4:high") == alert("a3", opened=200)
+
+
+async def test_concurrent_opens_leave_one_active_alert(backend: Backend, store: Store) -> None:
+    """Two processes see the same breach at once: the store lets exactly one open."""
+    other = await backend.open()
+
+    async def open_one(n: int) -> bool:
+        try:
+            await (store if n % 2 else other).add_alert(alert(f"a{n}"))
+        except Conflict:
+            return False
+        return True
+
+    async with asyncio.timeout(60):
+        opened = await asyncio.gather(*(open_one(n) for n in range(12)))
+    assert opened.count(True) == 1
+    assert len(await store.alerts("p1", states=ACTIVE_STATES)) == 1
+
+
+async def test_alert_lifecycle(backend: Backend, store: Store) -> None:
+    skip_on_nx(backend, NX_SET_DATE)
+    await store.add_alert(alert("a1"))
+    acknowledged = await store.acknowledge_alert("a1", "c1", at(30))
+    assert acknowledged == dataclasses.replace(
+        alert("a1"), state=AlertState.ACKNOWLEDGED, acknowledged_by="c1", acknowledged_at=at(30)
+    )
+    assert await store.acknowledge_alert("a1", "c2", at(31)) is None  # not open any more
+    assert await store.get_alert("a1") == acknowledged
+    resolved = await store.resolve_alert("a1", "c2", at(60))
+    assert resolved == dataclasses.replace(
+        acknowledged, state=AlertState.RESOLVED, resolved_by="c2", resolved_at=at(60)
+    )
+    assert await store.resolve_alert("a1", "system", at(61)) is None
+    assert await store.acknowledge_alert("a1", "c1", at(62)) is None
+    assert await store.get_alert("a1") == resolved
+    assert await store.acknowledge_alert("a9", "c1", at(62)) is None
+    assert await store.resolve_alert("a9", "c1", at(62)) is None
+
+
+async def test_an_open_alert_resolves_without_acknowledgement(
+    backend: Backend, store: Store
+) -> None:
+    skip_on_nx(backend, NX_SET_DATE)
+    await store.add_alert(alert("a1"))
+    resolved = await store.resolve_alert("a1", "system", at(900))
+    assert resolved == dataclasses.replace(
+        alert("a1"), state=AlertState.RESOLVED, resolved_by="system", resolved_at=at(900)
+    )
+    assert await store.active_alert("p1", "threshold:8867-4:high") is None
+
+
+async def test_a_resolved_rule_may_open_again(backend: Backend, store: Store) -> None:
+    skip_on_nx(backend, NX_PARTIAL_INDEX)
+    await store.add_alert(alert("a1"))
+    await store.resolve_alert("a1", "system", at(60))
+    await store.add_alert(alert("a2", opened=120))
+    assert await store.active_alert("p1", "threshold:8867-4:high") == alert("a2", opened=120)
+    with pytest.raises(Conflict):
+        await store.add_alert(alert("a3", opened=180))
+
+
+async def test_record_breach_moves_forward_only(backend: Backend, store: Store) -> None:
+    skip_on_nx(backend, NX_SET_DATE)
+    await store.add_alert(alert("a1", opened=10))
+    updated = await store.record_breach(
+        "a1", at=at(20), severity=Severity.HIGH, detail="heart rate 151 /min", value=151.0
+    )
+    expected = dataclasses.replace(
+        alert("a1", opened=10),
+        last_breach_at=at(20),
+        severity=Severity.HIGH,
+        detail="heart rate 151 /min",
+        value=151.0,
+    )
+    assert updated == expected
+    # a breach no newer than the last one (a late or repeated reading) changes nothing
+    for seconds in (20, 15):
+        assert (
+            await store.record_breach(
+                "a1", at=at(seconds), severity=Severity.MEDIUM, detail="late", value=131.0
+            )
+            is None
+        )
+    assert await store.get_alert("a1") == expected
+
+
+async def test_record_breach_keeps_the_acknowledgement(backend: Backend, store: Store) -> None:
+    skip_on_nx(backend, NX_SET_DATE)
+    await store.add_alert(alert("a1", rule="news2"))
+    await store.acknowledge_alert("a1", "c1", at(5))
+    updated = await store.record_breach(
+        "a1", at=at(10), severity=Severity.MEDIUM, detail="NEWS2 6", score=6
+    )
+    assert updated is not None
+    assert (updated.state, updated.acknowledged_by, updated.acknowledged_at) == (
+        AlertState.ACKNOWLEDGED,
+        "c1",
+        at(5),
+    )
+    assert (updated.score, updated.value, updated.last_breach_at) == (6, None, at(10))
+
+
+async def test_record_breach_of_a_resolved_alert_is_none(backend: Backend, store: Store) -> None:
+    await store.add_alert(alert("a1", state=AlertState.RESOLVED))
+    assert (
+        await store.record_breach("a1", at=at(100), severity=Severity.HIGH, detail="x", value=1.0)
+        is None
+    )
+    assert await store.get_alert("a1") == alert("a1", state=AlertState.RESOLVED)
+    assert await store.record_breach("a9", at=at(100), severity=Severity.HIGH, detail="x") is None
+
+
+async def test_alerts_newest_first_and_by_state(backend: Backend, store: Store) -> None:
+    skip_on_nx(backend, NX_PARTIAL_INDEX)
+    entries = [
+        alert("a1", rule="r1", opened=10, state=AlertState.RESOLVED),
+        alert("a2", rule="r1", opened=20),
+        alert("a3", rule="r2", opened=20, state=AlertState.ACKNOWLEDGED),
+        alert("a4", rule="r3", opened=5, state=AlertState.RESOLVED),
+        alert("a5", rule="r1", opened=30, patient_id="p2"),
+    ]
+    for entry in entries:
+        await store.add_alert(entry)
+
+    def ids(alerts: list[Alert]) -> list[str]:
+        return [a.id for a in alerts]
+
+    assert ids(await store.alerts("p1")) == ["a3", "a2", "a1", "a4"]
+    assert ids(await store.alerts("p1", states=ACTIVE_STATES)) == ["a3", "a2"]
+    assert ids(await store.alerts("p1", states={AlertState.OPEN})) == ["a2"]
+    assert ids(await store.alerts("p1", states=[AlertState.RESOLVED])) == ["a1", "a4"]
+    assert ids(await store.alerts("p1", states=[AlertState.OPEN, AlertState.RESOLVED])) == [
+        "a2",
+        "a1",
+        "a4",
+    ]
+    assert await store.alerts("p1", states=[]) == []
+    assert ids(await store.alerts("p1", limit=2)) == ["a3", "a2"]
+    assert await store.alerts("p1", limit=0) == []
+    assert ids(await store.alerts()) == ["a5", "a3", "a2", "a1", "a4"]
+    assert ids(await store.alerts(states=ACTIVE_STATES)) == ["a5", "a3", "a2"]
+    assert await store.alerts("p9") == []
+
+
 # adapter specifics ------------------------------------------------------------
+
+
+async def test_sqlite_upgrades_a_database_of_schema_2(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        for script in MIGRATIONS[:2]:
+            for statement in _statements(script):
+                conn.execute(statement)
+        conn.execute("PRAGMA user_version = 2")
+        conn.execute(
+            "INSERT INTO devices VALUES ('d1', 'p1', 'pulse-oximeter', ?, NULL)",
+            (T0.isoformat(timespec="milliseconds"),),
+        )
+    finally:
+        conn.close()
+    store = await SqliteStore.open(f"sqlite:///{path}")
+    try:
+        [row] = await store.rows("PRAGMA user_version")
+        assert row[0] == len(MIGRATIONS)
+        assert await store.get_device("d1") == device("d1")
+        await store.record_device_activity({"d1": at(5)})
+        assert await store.get_device_presence("d1") == DevicePresence("d1", last_seen_at=at(5))
+        await store.add_alert(alert("a1"))
+        assert await store.active_alert("p1", "threshold:8867-4:high") == alert("a1")
+    finally:
+        await store.close()
 
 
 async def test_sqlite_commits_are_synced(tmp_path: Path) -> None:
