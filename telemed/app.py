@@ -38,6 +38,7 @@ from telemed.web import (
     devices_pages,
     fhir,
     monitoring_api,
+    monitoring_pages,
     ops,
     pages,
     vitals_api,
@@ -231,6 +232,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> web.Application:
         ops.routes,
         vitals_api.routes,
         monitoring_api.routes,
+        monitoring_pages.routes,
         devices_pages.routes,
     ):
         app.router.add_routes(table)

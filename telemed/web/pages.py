@@ -10,6 +10,7 @@ from telemed.monitoring import ACTIVE_STATES
 from telemed.web.auth import landing, render, require
 from telemed.web.keys import CLINIC, ENROLLMENT, MONITOR, SETTINGS, STORE, THROTTLE_POLICY
 from telemed.web.middleware import USER, actor
+from telemed.web.monitoring_pages import CONSCIOUSNESS
 from telemed.web.vitals_view import COLUMNS, DASHBOARD
 
 routes = web.RouteTableDef()
@@ -59,10 +60,15 @@ async def patient_page(request: web.Request) -> web.Response:
     if user.role.is_clinician:
         await request.app[CLINIC].clinical_access(who, patient.id, "observation.read")
         latest = await request.app[STORE].latest_observations(patient.id)
+        monitor = request.app[MONITOR]
         context.update(
             clinical=True,
             latest={o.code: o for o in latest},
             devices=await request.app[ENROLLMENT].list(who, patient.id),
+            alerts=await monitor.alerts(who, patient.id, states=ACTIVE_STATES),
+            news2=await monitor.news2(who, patient.id),
+            plan=await monitor.plan(who, patient.id),
+            consciousness=CONSCIOUSNESS,
         )
     return render(request, "patient.html", context)
 
@@ -71,7 +77,11 @@ async def patient_page(request: web.Request) -> web.Response:
 async def my_page(request: web.Request) -> web.Response:
     user = await require(request, Role.PATIENT)
     patient = await request.app[CLINIC].read_patient(actor(request), user.id)
-    return render(request, "me.html", {"patient": patient})
+    return render(
+        request,
+        "me.html",
+        {"patient": patient, "checked_in": request.query.get("checked_in") == "1"},
+    )
 
 
 async def _admin_context(request: web.Request) -> dict[str, object]:
