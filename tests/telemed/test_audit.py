@@ -351,10 +351,14 @@ async def test_each_patient_read_is_audited(
         assert response.status == status
         new = [r.event for r in (await entries(client))[before:]]
         if path == "/patients/{id}" and status == 200:
-            # the page also shows the care team the vitals and devices: each read audited
+            # the page also shows the care team vitals, devices, alerts, NEWS2 and the
+            # monitoring plan: each read audited
             assert [(e.action, e.patient_id) for e in new[1:]] == [
                 ("observation.read", patient.id),
                 ("device.list", patient.id),
+                ("alert.list", patient.id),
+                ("news2.read", patient.id),
+                ("monitoring.read", patient.id),
             ]
             new = new[:1]
         assert new == [
