@@ -119,7 +119,10 @@ class Ingestor:
             except aiomqtt.MqttError as exc:
                 log.warning("ingest: MQTT connection lost (%s); retrying in %.1f s", exc, backoff)
             finally:
+                subscribed = self.connected.is_set()
                 self.connected.clear()
+            if subscribed:  # the connection worked: retry soon, back off only if it fails
+                backoff = 0.5
             self.stats.reconnects += 1
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
@@ -149,7 +152,13 @@ class Ingestor:
         async with client:
             group = self.settings.share_group
             for topic_filter in (VITALS, STATUS):
-                await client.subscribe(f"$share/{group}/{topic_filter}", qos=1)
+                # Mosquitto (2.0) does not save shared subscriptions: after a broker restart
+                # a $share one exists only once we subscribe again, and what devices send
+                # before that is dropped. One process needs no group, and its subscription
+                # is restored with its session.
+                await client.subscribe(
+                    f"$share/{group}/{topic_filter}" if group else topic_filter, qos=1
+                )
             self.connected.set()
             log.info("ingest: subscribed to vitals and status, group %s", group)
             await self._consume(client, inbox)
@@ -158,25 +167,40 @@ class Ingestor:
         """Batches: open on the first message, commit when full or `batch_wait` later.
         The inbox holds at most Receive Maximum messages: the broker waits for our acks."""
         batch = _Batch()
-        while True:
-            if not batch:
-                message = await receive(client, inbox, IDLE_CHECK)
-                if message is None:
-                    continue
-                batch.opened = time.monotonic()
-            else:
-                left = batch.opened + self.settings.batch_wait - time.monotonic()
-                message = inbox.get_nowait() if not inbox.empty() else None
-                if message is None and left > 0:
-                    message = await receive(client, inbox, left)
-                if message is None:
-                    await self._commit(client, batch)
-                    batch = _Batch()
-                    continue
-            await self._accept(message, batch)
-            if len(batch.observations) >= self.settings.batch_max:
-                await self._commit(client, batch)
-                batch = _Batch()
+        try:
+            while True:
+                if not batch:
+                    message = await receive(client, inbox, IDLE_CHECK)
+                    if message is None:
+                        continue
+                    batch.opened = time.monotonic()
+                else:
+                    left = batch.opened + self.settings.batch_wait - time.monotonic()
+                    message = inbox.get_nowait() if not inbox.empty() else None
+                    if message is None and left > 0:
+                        message = await receive(client, inbox, left)
+                    if message is None:
+                        batch, full = _Batch(), batch
+                        await self._commit(client, full)
+                        continue
+                await self._accept(message, batch)
+                if len(batch.observations) >= self.settings.batch_max:
+                    batch, full = _Batch(), batch
+                    await self._commit(client, full)
+        except aiomqtt.MqttError:
+            await self._keep_received(inbox, batch)
+            raise
+
+    async def _keep_received(self, inbox: asyncio.Queue[aiomqtt.Message], batch: _Batch) -> None:
+        """The connection is gone: store what arrived, unacknowledged. A broker that lives
+        sends it again (the dedupe key absorbs it); one that died may have lost it."""
+        while not inbox.empty():
+            await self._accept(inbox.get_nowait(), batch)
+        if batch.observations:
+            observations = batch.observations
+            new = await self._with_store_retry(lambda: self.store.add_observations(observations))
+            self.stats.stored += new
+            self.stats.duplicates += len(observations) - new
 
     # one message ----------------------------------------------------------------------
     async def _accept(self, message: aiomqtt.Message, batch: _Batch) -> None:

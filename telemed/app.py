@@ -158,6 +158,8 @@ def ingest_settings(settings: Settings) -> IngestSettings:
     node = m.node_id or socket.gethostname()
     return IngestSettings(
         client_id=f"telemed-ingest-{node}"[:64],
+        # the embedded broker serves one server (var_dir is locked): no group to share
+        share_group="" if settings.mqtt.embedded else "telemed",
         batch_max=m.batch_max,
         batch_wait=m.batch_wait_ms / 1000,
         receive_maximum=m.receive_maximum,

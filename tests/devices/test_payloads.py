@@ -360,8 +360,11 @@ def test_senml_spo2_ratio_and_ambiguous_percent() -> None:
     assert "ambiguous" in refusal.reason
 
 
-def test_empty_pack_gives_nothing() -> None:
-    assert run([]) == Decoded((), ())
+def test_an_empty_pack_is_answered() -> None:
+    """Every message gets a reading or an answer: a device sending nothing is told so."""
+    refusal = only(run([]))
+    assert (refusal.record, refusal.field) == (None, "payload")
+    assert "no measurement in this message" in refusal.reason
 
 
 # --- compact -----------------------------------------------------------------------------
@@ -506,8 +509,15 @@ def test_compact_spo2_ratio_without_unit_is_refused_as_ambiguous() -> None:
     assert "ambiguous" in refusal.reason
 
 
-def test_compact_empty_object_gives_nothing() -> None:
-    assert run({}) == Decoded((), ())
+def test_compact_empty_object_is_answered() -> None:
+    refusal = only(run({}))
+    assert "no measurement in this message" in refusal.reason
+
+
+def test_refusals_are_capped_per_message_with_a_summary() -> None:
+    decoded = run([{"n": "nope", "v": 1} for _ in range(50)])
+    assert len(decoded.refusals) == 21
+    assert "30 more records were refused" in decoded.refusals[-1].reason
 
 
 # --- whole-payload refusals --------------------------------------------------------------
@@ -557,7 +567,7 @@ def test_json_that_is_neither_array_nor_object_is_refused(data: bytes) -> None:
 
 
 @pytest.mark.parametrize("depth", [MAX_DEPTH + 1, 100, 16000])
-def test_deep_nesting_is_refused_before_parsing(depth: int) -> None:
+def test_deep_nesting_is_refused_naming_the_depth(depth: int) -> None:
     data = b"[" * depth + b"]" * depth
     refusal = only(run(data, raw=True, max_bytes=64000))
     assert (refusal.record, refusal.field) == (None, "payload")
