@@ -23,6 +23,7 @@ import socketio
 from aiohttp import web
 
 from telemed import sessions
+from telemed.api_json import alert_json, observation_json
 from telemed.clock import iso
 from telemed.monitoring import Alert, Observation
 from telemed.store import Store
@@ -35,34 +36,6 @@ RESYNC_SECONDS = 60.0
 
 def room(patient_id: str) -> str:
     return f"patient:{patient_id}"
-
-
-def observation_json(o: Observation) -> dict[str, Any]:
-    return {
-        "device_id": o.device_id,
-        "code": o.code,
-        "value": o.value,
-        "unit": o.unit,
-        "taken_at": iso(o.taken_at),
-    }
-
-
-def alert_json(a: Alert) -> dict[str, Any]:
-    return {
-        "id": a.id,
-        "patient_id": a.patient_id,
-        "rule": a.rule,
-        "severity": a.severity.value,
-        "state": a.state.value,
-        "value": a.value,
-        "score": a.score,
-        "detail": a.detail,
-        "opened_at": iso(a.opened_at),
-        "last_breach_at": iso(a.last_breach_at),
-        "acknowledged_by": a.acknowledged_by,
-        "acknowledged_at": iso(a.acknowledged_at) if a.acknowledged_at else None,
-        "resolved_at": iso(a.resolved_at) if a.resolved_at else None,
-    }
 
 
 class LiveHub:

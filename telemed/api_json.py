@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from telemed.accounts import Patient, User
+from telemed.clock import iso
+from telemed.monitoring import Alert, Observation
 
 
 def patient_json(p: Patient) -> dict[str, Any]:
@@ -24,4 +26,37 @@ def user_json(u: User) -> dict[str, Any]:
         "role": u.role.value,
         "active": u.active,
         "two_factor": bool(u.totp_secret),
+    }
+
+
+def optional_iso(moment: Any) -> str | None:
+    return None if moment is None else iso(moment)
+
+
+def alert_json(a: Alert) -> dict[str, Any]:
+    return {
+        "id": a.id,
+        "patient_id": a.patient_id,
+        "rule": a.rule,
+        "severity": a.severity.value,
+        "state": a.state.value,
+        "value": a.value,
+        "score": a.score,
+        "opened_at": iso(a.opened_at),
+        "last_breach_at": iso(a.last_breach_at),
+        "acknowledged_by": a.acknowledged_by or None,
+        "acknowledged_at": optional_iso(a.acknowledged_at),
+        "resolved_by": a.resolved_by or None,
+        "resolved_at": optional_iso(a.resolved_at),
+        "detail": a.detail,
+    }
+
+
+def observation_json(o: Observation) -> dict[str, Any]:
+    return {
+        "device_id": o.device_id,
+        "code": o.code,
+        "value": o.value,
+        "unit": o.unit,
+        "taken_at": iso(o.taken_at),
     }

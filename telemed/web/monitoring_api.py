@@ -12,9 +12,10 @@ from typing import Any
 from aiohttp import web
 
 from devices import alerts
+from telemed.api_json import alert_json, optional_iso
 from telemed.clock import iso
 from telemed.errors import ValidationError
-from telemed.monitoring import Alert, AlertState, CheckIn, MonitoringPlan, Threshold
+from telemed.monitoring import AlertState, CheckIn, MonitoringPlan, Threshold
 from telemed.web.auth import require
 from telemed.web.keys import MONITOR
 from telemed.web.middleware import actor
@@ -28,29 +29,6 @@ STATE_FILTERS: dict[str, frozenset[AlertState]] = {
 }
 PLAN_FIELDS = ("thresholds", "spo2_scale", "offline_after_minutes", "quiet_period_minutes")
 CHECK_IN_FIELDS = ("consciousness", "on_oxygen")
-
-
-def _optional_iso(moment: Any) -> str | None:
-    return None if moment is None else iso(moment)
-
-
-def alert_json(a: Alert) -> dict[str, Any]:
-    return {
-        "id": a.id,
-        "patient_id": a.patient_id,
-        "rule": a.rule,
-        "severity": a.severity.value,
-        "state": a.state.value,
-        "value": a.value,
-        "score": a.score,
-        "opened_at": iso(a.opened_at),
-        "last_breach_at": iso(a.last_breach_at),
-        "acknowledged_by": a.acknowledged_by or None,
-        "acknowledged_at": _optional_iso(a.acknowledged_at),
-        "resolved_by": a.resolved_by or None,
-        "resolved_at": _optional_iso(a.resolved_at),
-        "detail": a.detail,
-    }
 
 
 def _limits(t: Threshold | None) -> dict[str, float | None]:
@@ -76,7 +54,7 @@ def plan_json(plan: MonitoringPlan) -> dict[str, Any]:
         "offline_after_minutes": int(plan.offline_after.total_seconds() // 60),
         "quiet_period_minutes": int(plan.quiet_period.total_seconds() // 60),
         "updated_by": plan.updated_by or None,
-        "updated_at": _optional_iso(plan.updated_at),
+        "updated_at": optional_iso(plan.updated_at),
     }
 
 
