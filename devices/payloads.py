@@ -252,13 +252,9 @@ def _time(
     relative = seconds < RELATIVE_LIMIT
     ahead = seconds if relative else seconds - now.timestamp()
     taken_at: datetime | None = None
-    when = f"the time {seconds:.15g}"
     if abs(ahead) < _FAR:
         start = now if relative else EPOCH
         taken_at = truncate(start + timedelta(seconds=seconds))
-        when = f"the time {iso(taken_at)}"
-        if relative:
-            when += f" ({seconds:g} s from now)"
     if taken_at > now + max_skew if taken_at is not None else ahead > 0:
         if relative:
             hint = "times below 2**28 count from now: send 0 or a negative number of seconds"
@@ -269,8 +265,9 @@ def _time(
         return Refusal(
             item.record,
             field,
-            f"{field}: {when} is in the future, more than the allowed clock skew of "
-            f"{_span(max_skew)} ahead of the server's clock ({iso(now)}); {hint}",
+            f"{field}: {_when(seconds, relative, taken_at)} is in the future, more than the "
+            f"allowed clock skew of {_span(max_skew)} ahead of the server's clock "
+            f"({iso(now)}); {hint}",
             item.name,
         )
     if taken_at is None or taken_at < now - max_age:
@@ -278,12 +275,20 @@ def _time(
         return Refusal(
             item.record,
             field,
-            f"{field}: {when} is older than the accepted window of {_span(max_age)} "
-            f"(server clock {iso(now)}); {check}drop older readings from the device's "
-            f"backlog",
+            f"{field}: {_when(seconds, relative, taken_at)} is older than the accepted window "
+            f"of {_span(max_age)} (server clock {iso(now)}); {check}drop older readings from "
+            f"the device's backlog",
             item.name,
         )
     return taken_at
+
+
+def _when(seconds: float, relative: bool, taken_at: datetime | None) -> str:
+    """How a refusal names a reading's time (formatted only when there is a refusal)."""
+    if taken_at is None:
+        return f"the time {seconds:.15g}"
+    when = f"the time {iso(taken_at)}"
+    return f"{when} ({seconds:g} s from now)" if relative else when
 
 
 def _span(span: timedelta) -> str:

@@ -27,6 +27,7 @@ value = bv + v, unit = u or else bu. Further rules of this server:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 from devices.readings import Refusal
@@ -217,6 +218,7 @@ def _decode_record(
     )
 
 
+@functools.lru_cache(maxsize=4096)  # a device sends the same few names in every pack
 def resolve(name: str) -> Vital | None:
     """The vital `name` means: the whole name if known, else its last segment.
 
