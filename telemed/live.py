@@ -29,23 +29,3 @@ class LiveFeed(Protocol):
         self, patient_id: str, device_id: str, online: bool, at: datetime
     ) -> None:
         """A device came online or went offline."""
-
-
-class NoLiveFeed:
-    """For processes with nobody to tell (the CLI, tests of other parts)."""
-
-    async def observations_stored(
-        self, patient_id: str, observations: Sequence[Observation]
-    ) -> None:
-        return None
-
-    async def alert_changed(self, alert: Alert) -> None:
-        return None
-
-    async def news2_changed(self, patient_id: str, score: dict[str, Any]) -> None:
-        return None
-
-    async def device_presence(
-        self, patient_id: str, device_id: str, online: bool, at: datetime
-    ) -> None:
-        return None

@@ -14,7 +14,6 @@ class Metrics:
     requests: Counter
     latency: Histogram
     logins: Counter
-    audit_entries: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> Metrics:
@@ -35,10 +34,5 @@ class Metrics:
             ),
             logins=Counter(
                 "telemed_logins", "Sign-in attempts by outcome", ["outcome"], registry=registry
-            ),
-            audit_entries=Counter(
-                "telemed_audit_entries",
-                "Audit entries written by this process",
-                registry=registry,
             ),
         )

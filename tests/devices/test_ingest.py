@@ -5,69 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Sequence
-from datetime import datetime
+from collections.abc import Sequence
 from typing import Any
 
 import aiomqtt
-import pytest_asyncio
 
 from devices.enrollment import Enrolled
-from devices.ingest import Ingestor, IngestSettings
+from devices.ingest import Ingestor
 from telemed.clock import utcnow
 from telemed.errors import StoreUnavailable
-from telemed.monitoring import Device, Observation
-from tests.devices.conftest import Rig
+from telemed.monitoring import Observation
+from tests.devices.conftest import Rig, Stored
 
 
 def recent() -> int:
     """An absolute time a minute ago: the same payload then means the same readings."""
     return int(utcnow().timestamp()) - 60
-
-
-class Stored:
-    """Collects what the ingestor reports stored; lets a test wait for a count."""
-
-    def __init__(self) -> None:
-        self.observations: list[Observation] = []
-        self.statuses: list[tuple[str, bool]] = []
-        self.changed = asyncio.Event()
-
-    async def status(self, device: Device, online: bool, at: datetime) -> None:
-        self.statuses.append((device.id, online))
-        self.changed.set()
-
-    async def __call__(self, batch: Sequence[Observation]) -> None:
-        self.observations.extend(batch)
-        self.changed.set()
-
-    async def wait_for(self, ingestor: Ingestor, messages: int, within: float = 10.0) -> None:
-        """Until the ingestor has committed `messages` messages."""
-        async with asyncio.timeout(within):
-            while ingestor.stats.messages < messages or ingestor.stats.batches == 0:
-                self.changed.clear()
-                await self.changed.wait()
-
-
-@pytest_asyncio.fixture
-async def ingesting(rig: Rig) -> AsyncIterator[tuple[Ingestor, Stored]]:
-    stored = Stored()
-    ingestor = Ingestor(
-        rig.store,
-        utcnow,
-        rig.access,
-        IngestSettings(client_id="test-ingest", batch_wait=0.01),
-        on_stored=stored,
-        on_status=stored.status,
-    )
-    task = asyncio.create_task(ingestor.run())
-    try:
-        async with asyncio.timeout(10):
-            await ingestor.connected.wait()
-        yield ingestor, stored
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 def device(enrolled: Enrolled, name: str = "") -> aiomqtt.Client:
@@ -100,7 +53,7 @@ async def test_a_pack_is_stored_with_the_enrolled_patient(
     async with device(enrolled) as d:
         payload = {"t": 0, "hr": 72, "spo2": 97, "sys": 121, "dia": 79, "temp": 36.8, "rr": 14}
         await d.publish(enrolled.as_json()["topic"], json.dumps(payload), qos=1)
-        await stored.wait_for(ingestor, 1)
+        await stored.committed(ingestor, 1)
     rows = await rig.store.observations(rig.patient_id)
     assert sorted(o.code for o in rows) == sorted(
         ["8867-4", "2708-6", "8480-6", "8462-4", "8310-5", "9279-1"]
@@ -127,7 +80,7 @@ async def test_bad_records_are_refused_on_the_errors_topic_and_good_ones_kept(
         await d.publish(data["topic"], json.dumps(pack), qos=1)
         await d.publish(data["topic"], b"this is not json", qos=1)
         errors = await errors_of(d, 3)
-        await stored.wait_for(ingestor, 2)
+        await stored.committed(ingestor, 2)
     by_record = {(e["record"], e["field"]) for e in errors}
     assert (1, "v") in by_record
     assert (2, "u") in by_record
@@ -146,7 +99,7 @@ async def test_a_redelivered_pack_is_not_stored_twice(
     async with device(enrolled) as d:
         for _ in range(3):  # as a device retrying, or the broker redelivering
             await d.publish(enrolled.as_json()["topic"], body, qos=1)
-        await stored.wait_for(ingestor, 3)
+        await stored.committed(ingestor, 3)
     rows = await rig.store.observations(rig.patient_id)
     assert [o.value for o in rows] == [70.0, 71.0]
     assert ingestor.stats.stored == 2
@@ -219,9 +172,6 @@ async def test_presence_from_the_status_topic_and_the_last_will(
     assert stored.statuses == [(enrolled.device.id, True)]
     async with device(enrolled, "again") as d:
         await d.publish(data["status_topic"], b"offline", qos=1, retain=True)
-        async with asyncio.timeout(10):
-            while len(stored.statuses) < 2:
-                stored.changed.clear()
-                await stored.changed.wait()
+        await stored.until(lambda: len(stored.statuses) >= 2)
     assert stored.statuses[-1] == (enrolled.device.id, False)
     assert ingestor.stats.messages >= 3

@@ -8,17 +8,16 @@ import io
 import json
 import socket
 import stat
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
 
 from devices.dynsec import Dynsec
 from devices.enrollment import Enrollment
 from devices.inbox import client_with_inbox
-from devices.ingest import Ingestor, IngestSettings
+from devices.ingest import Ingestor
 from devices.manual_ack import paho_client
 from devices.news2 import Consciousness, News2Inputs, Observed, Risk, score
 from devices.payloads import decode
@@ -37,9 +36,8 @@ from devices.simulator import (
 from devices.vitals import BY_KEY, lookup
 from telemed.clinic import OPERATOR, Clinic
 from telemed.clock import utcnow
-from telemed.monitoring import Observation
 from telemed.store.sqlite import SqliteStore
-from tests.devices.conftest import Rig
+from tests.devices.conftest import Rig, Stored
 
 MAX_AGE, MAX_SKEW = timedelta(hours=24), timedelta(minutes=2)  # the server's defaults
 
@@ -173,45 +171,6 @@ def test_the_progress_line() -> None:
 
 
 # over MQTT ----------------------------------------------------------------------------
-class Stored:
-    """What the ingestor reports stored; lets a test wait for a condition on it."""
-
-    def __init__(self) -> None:
-        self.observations: list[Observation] = []
-        self.changed = asyncio.Event()
-
-    async def __call__(self, batch: Sequence[Observation]) -> None:
-        self.observations.extend(batch)
-        self.changed.set()
-
-    async def until(self, done: object, within: float = 10.0) -> None:
-        assert callable(done)
-        async with asyncio.timeout(within):
-            while not done():
-                self.changed.clear()
-                await self.changed.wait()
-
-
-@pytest_asyncio.fixture
-async def ingesting(rig: Rig) -> AsyncIterator[tuple[Ingestor, Stored]]:
-    stored = Stored()
-    ingestor = Ingestor(
-        rig.store,
-        utcnow,
-        rig.access,
-        IngestSettings(client_id="test-simulator-ingest", batch_wait=0.01),
-        on_stored=stored,
-    )
-    task = asyncio.create_task(ingestor.run())
-    try:
-        async with asyncio.timeout(10):
-            await ingestor.connected.wait()
-        yield ingestor, stored
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-
 async def enrolled_devices(rig: Rig, n: int) -> list[DeviceCredentials]:
     return [DeviceCredentials.from_enrolled(await rig.enroll("simulator")) for _ in range(n)]
 

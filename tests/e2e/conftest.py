@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, ConsoleMessage, Page, ViewportSize, async_playwright
+
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 TELEMED = Path(sys.executable).with_name("telemed")
@@ -87,12 +88,6 @@ class Server:
 @dataclass(slots=True)
 class PageErrors:
     messages: list[str] = field(default_factory=list)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:

@@ -24,6 +24,7 @@ from pymongo import AsyncMongoClient
 
 from telemed.settings import StoreSettings
 from telemed.store import Store, open_store
+from tests.conftest import free_port
 
 MONGODB_URI_ENV = "TELEMED_TEST_MONGODB_URI"
 NX_START_TIMEOUT = 15.0  # seconds
@@ -32,14 +33,6 @@ NX_STOP_TIMEOUT = 10.0
 NX = "nx"
 MONGODB = "mongodb"
 SQLITE = "sqlite"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _accepts(port: int) -> bool:
