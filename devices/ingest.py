@@ -7,6 +7,11 @@
   one store transaction, and only then are its messages acknowledged (manual PUBACK, in
   arrival order). A crash before the acknowledgement makes the broker deliver them again;
   the store's unique key (device, code, time) absorbs the repeats.
+- One batch commits while the next one is decoded: the store works in its thread (SQLite
+  leaves the GIL while it writes) as the event loop decodes. A batch starts to commit only
+  once the one before it is committed and acknowledged, so acknowledgements keep the
+  arrival order; until then it takes in what arrives (up to `batch_max`), so that the
+  batch size follows the store's pace.
 - Back-pressure: the session's Receive Maximum bounds how many unacknowledged messages
   the broker sends. While the store is slow or down, acknowledgements stop, so the broker
   stops sending and keeps the rest; memory stays bounded.
@@ -18,6 +23,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -30,11 +36,11 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from devices import manual_ack
+from devices import manual_ack, paho_properties
 from devices.broker import BrokerAccess
 from devices.dynsec import topic
 from devices.inbox import client_with_inbox, receive
-from devices.payloads import decode
+from devices.payloads import decode_rows
 from devices.readings import Refusal
 from telemed.clock import Clock
 from telemed.errors import StoreUnavailable
@@ -49,6 +55,7 @@ STATUS = "telemed/v1/devices/+/status"
 DEVICE_CACHE_SECONDS = 60.0
 MAX_BACKOFF = 30.0
 IDLE_CHECK = 1.0  # seconds between connection checks while no message comes
+STORE_POLL = 0.005  # seconds between looks at a commit in progress, when a batch is due
 
 OnStored = Callable[[Sequence[Observation]], Awaitable[None]]
 OnStatus = Callable[[Device, bool, datetime], Awaitable[None]]
@@ -129,6 +136,7 @@ class Ingestor:
 
     def _client(self) -> tuple[aiomqtt.Client, asyncio.Queue[aiomqtt.Message]]:
         b, s = self.broker, self.settings
+        paho_properties.share_tables()
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = s.session_expiry
         properties.ReceiveMaximum = s.receive_maximum
@@ -167,29 +175,57 @@ class Ingestor:
         """Batches: open on the first message, commit when full or `batch_wait` later.
         The inbox holds at most Receive Maximum messages: the broker waits for our acks."""
         batch = _Batch()
+        committing: asyncio.Task[None] | None = None  # the batch before `batch`
         try:
             while True:
                 if not batch:
                     message = await receive(client, inbox, IDLE_CHECK)
+                    if committing is not None and committing.done():
+                        done = committing
+                        committing = None
+                        done.result()  # raise what stopped it, if anything did
                     if message is None:
                         continue
                     batch.opened = time.monotonic()
                 else:
-                    left = batch.opened + self.settings.batch_wait - time.monotonic()
                     message = inbox.get_nowait() if not inbox.empty() else None
-                    if message is None and left > 0:
-                        message = await receive(client, inbox, left)
                     if message is None:
+                        wait = batch.opened + self.settings.batch_wait - time.monotonic()
+                        if committing is not None and not committing.done():
+                            # the store still commits the batch before: this one takes
+                            # what arrives meanwhile rather than leave it to the next
+                            wait = max(wait, STORE_POLL)
+                        if wait > 0:
+                            message = await receive(client, inbox, wait)
+                    if message is None:
+                        if committing is not None and not committing.done():
+                            continue
                         batch, full = _Batch(), batch
-                        await self._commit(client, full)
+                        committing = await self._hand_over(client, full, committing)
                         continue
                 await self._accept(message, batch)
                 if len(batch.observations) >= self.settings.batch_max:
                     batch, full = _Batch(), batch
-                    await self._commit(client, full)
+                    committing = await self._hand_over(client, full, committing)
         except aiomqtt.MqttError:
+            if committing is not None:
+                with contextlib.suppress(aiomqtt.MqttError):  # its acks had nowhere to go
+                    await committing
             await self._keep_received(inbox, batch)
             raise
+        finally:
+            if committing is not None and not committing.done():
+                committing.cancel()
+                await asyncio.gather(committing, return_exceptions=True)
+
+    async def _hand_over(
+        self, client: aiomqtt.Client, batch: _Batch, committing: asyncio.Task[None] | None
+    ) -> asyncio.Task[None]:
+        """Start committing `batch` once the batch before it is committed and acknowledged
+        (acks go in arrival order); the caller goes on decoding meanwhile."""
+        if committing is not None:
+            await committing
+        return asyncio.create_task(self._commit(client, batch), name="ingest-commit")
 
     async def _keep_received(self, inbox: asyncio.Queue[aiomqtt.Message], batch: _Batch) -> None:
         """The connection is gone: store what arrived, unacknowledged. A broker that lives
@@ -223,22 +259,16 @@ class Ingestor:
             await self._status(device, bytes(raw), now, batch)
             return
         s = self.settings
-        decoded = decode(
-            bytes(raw),
-            device.id,
-            now=now,
-            max_age=s.max_age,
-            max_skew=s.max_skew,
-            max_bytes=s.max_bytes,
+        rows, refusals = decode_rows(
+            bytes(raw), now=now, max_age=s.max_age, max_skew=s.max_skew, max_bytes=s.max_bytes
         )
-        for r in decoded.readings:
-            batch.observations.append(
-                Observation(
-                    device.patient_id, r.device_id, r.code, r.value, r.unit, r.taken_at, now
-                )
-            )
-        for refusal in decoded.refusals:
-            batch.refusals.append((device.id, refusal))
+        patient_id, device_id = device.patient_id, device.id
+        batch.observations += [
+            Observation(patient_id, device_id, code, value, unit, taken_at, now)
+            for code, value, unit, taken_at in rows
+        ]
+        for refusal in refusals:
+            batch.refusals.append((device_id, refusal))
 
     async def _status(self, device: Device, raw: bytes, now: datetime, batch: _Batch) -> None:
         """`online` or `offline` (the device's will): written before its ack goes out."""
@@ -279,8 +309,7 @@ class Ingestor:
             new = await self._with_store_retry(lambda: self.store.add_observations(observations))
             self.stats.stored += new
             self.stats.duplicates += len(observations) - new
-        for mid in batch.mids:
-            manual_ack.ack(client, mid)
+        manual_ack.ack_all(client, batch.mids)
         self.stats.batches += 1
         self.stats.refused += len(batch.refusals)
         if batch.refusals:

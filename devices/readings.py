@@ -36,3 +36,9 @@ class Refusal:
 class Decoded:
     readings: tuple[Reading, ...]
     refusals: tuple[Refusal, ...]
+
+
+# One reading as the ingest hot path carries it, before it has a device or a patient:
+# (LOINC code, value in the canonical unit, that unit, taken_at). A plain tuple: one is
+# made per reading, and the store's row is built from it without another object between.
+Row = tuple[str, float, str, datetime]

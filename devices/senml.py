@@ -52,7 +52,12 @@ _KNOWN_NAMES = ", ".join(vital.key for vital in VITALS)
 
 
 def decode_pack(pack: Sequence[object]) -> list[Measurement | Refusal]:
-    """Measurements and refusals, in pack order."""
+    """Measurements and refusals, in pack order.
+
+    This runs once per reading on the ingest hot path, so the common record (n, u, v,
+    perhaps t, no value field but v) takes the shortest way: plain dict lookups, no
+    generic helper per field. Anything unusual goes the general way, which names it.
+    """
     refused = _check_pack(pack)
     if refused is not None:
         return [refused]
@@ -62,33 +67,39 @@ def decode_pack(pack: Sequence[object]) -> list[Measurement | Refusal]:
     base_time = 0.0
     base_value = 0.0
     for index, record in enumerate(pack):
-        if not isinstance(record, Mapping):
+        if not isinstance(record, dict):  # JSON objects parse to dicts
             out.append(
                 Refusal(index, "record", f"record: must be a JSON object, not {describe(record)}")
             )
             continue
-        bad_base = _bad_base(record)
-        if bad_base is not None:
-            label, wanted = bad_base
-            later = (
-                f"records {index}..{len(pack) - 1} were"
-                if index < len(pack) - 1
-                else f"record {index} was"
-            )
-            out.append(
-                Refusal(
-                    index,
-                    label,
-                    f"{label}: must be {wanted}, not {describe(record[label])}; base fields "
-                    f"apply to every later record, so {later} not decoded",
+        if "bn" in record or "bu" in record or "bt" in record or "bv" in record:
+            bad_base = _bad_base(record)
+            if bad_base is not None:
+                label, wanted = bad_base
+                later = (
+                    f"records {index}..{len(pack) - 1} were"
+                    if index < len(pack) - 1
+                    else f"record {index} was"
                 )
-            )
-            break
-        base_name = _str(record.get("bn"), base_name)
-        base_unit = _str(record.get("bu"), base_unit)
-        base_time = _float(record.get("bt"), base_time)
-        base_value = _float(record.get("bv"), base_value)
-        if record and all(str(label).startswith("b") for label in record):
+                out.append(
+                    Refusal(
+                        index,
+                        label,
+                        f"{label}: must be {wanted}, not {describe(record[label])}; base "
+                        f"fields apply to every later record, so {later} not decoded",
+                    )
+                )
+                break
+            base_name = _str(record.get("bn"), base_name)
+            base_unit = _str(record.get("bu"), base_unit)
+            base_time = _float(record.get("bt"), base_time)
+            base_value = _float(record.get("bv"), base_value)
+        if (
+            "n" not in record
+            and "v" not in record
+            and record
+            and all(str(label).startswith("b") for label in record)
+        ):
             continue  # a header: base fields only
         out.append(_decode_record(index, record, base_name, base_unit, base_time, base_value))
     return out
@@ -98,17 +109,22 @@ def _check_pack(pack: Sequence[object]) -> Refusal | None:
     """Refuse the whole pack for a version or a must-understand label we don't support."""
     versions: set[int] = set()
     for index, record in enumerate(pack):
-        if not isinstance(record, Mapping):
+        if not isinstance(record, dict):
             continue
-        for label in record:
-            if isinstance(label, str) and label.endswith("_"):
-                return Refusal(
-                    None,
-                    label,
-                    f"{label}: record {index} carries a must-understand label (ending in "
-                    f"'_') that this server does not support; RFC 8428 requires refusing "
-                    f"the whole pack",
-                )
+        try:  # one join finds whether any label has a "_" at all (JSON labels are strings)
+            labels = "".join(record)
+        except TypeError:
+            labels = "_"
+        if "_" in labels:
+            for label in record:
+                if isinstance(label, str) and label.endswith("_"):
+                    return Refusal(
+                        None,
+                        label,
+                        f"{label}: record {index} carries a must-understand label (ending "
+                        f"in '_') that this server does not support; RFC 8428 requires "
+                        f"refusing the whole pack",
+                    )
         if "bver" in record:
             version = record["bver"]
             if isinstance(version, bool) or not isinstance(version, int) or version < 1:
@@ -157,11 +173,46 @@ def _decode_record(
     n = record.get("n", "")
     if not isinstance(n, str):
         return Refusal(index, "n", f"n: must be a string, not {describe(n)}")
-    name = f"{base_name}{n}"
+    name = base_name + n
     vital = resolve(name)
     if vital is None:
         return Refusal(index, "n", _unknown(name), name)
 
+    if "v" not in record or "vs" in record or "vb" in record or "vd" in record:
+        return _value_refusal(index, record, name, vital)
+    raw = record["v"]
+    sent = raw if isinstance(raw, float) else number(raw)
+    if sent is None:
+        return Refusal(index, "v", f"v: must be a JSON number, not {describe(raw)}", name)
+
+    t = record.get("t", 0.0)
+    offset = t if isinstance(t, float) else number(t)
+    if offset is None:
+        return Refusal(index, "t", f"t: must be a number of seconds, not {describe(t)}", name)
+
+    unit = record.get("u", base_unit)
+    if not isinstance(unit, str):
+        return Refusal(index, "u", f"u: must be a string, not {describe(unit)}", name)
+    value = base_value + sent
+    try:
+        canonical = to_canonical(vital, value, unit)
+    except UnitError as exc:
+        unit_field = "u" if "u" in record else "bu"
+        return Refusal(index, unit_field, f"{unit_field}: {exc}", name)
+    return Measurement(
+        index,
+        name,
+        vital,
+        canonical,
+        "v",
+        base_time + offset,
+        "t",
+        "" if canonical == value else f"{value:g} {unit}",
+    )
+
+
+def _value_refusal(index: int, record: Mapping[object, object], name: str, vital: Vital) -> Refusal:
+    """Why a record has no usable value field: none, several, or not `v`."""
     present = [label for label in VALUE_FIELDS if label in record]
     if len(present) > 1:
         return Refusal(
@@ -180,41 +231,12 @@ def _decode_record(
                 name,
             )
         return Refusal(index, "v", f"v: missing; send {vital} as a number in v", name)
-    if present[0] != "v":
-        label = present[0]
-        return Refusal(
-            index,
-            label,
-            f"{label}: {vital} needs a number in v, not a {_VALUE_KIND[label]} in {label}",
-            name,
-        )
-    raw = number(record["v"])
-    if raw is None:
-        return Refusal(index, "v", f"v: must be a JSON number, not {describe(record['v'])}", name)
-
-    t = record.get("t", 0)
-    offset = number(t)
-    if offset is None:
-        return Refusal(index, "t", f"t: must be a number of seconds, not {describe(t)}", name)
-
-    unit_field = "u" if "u" in record else "bu"
-    unit = record.get("u", base_unit)
-    if not isinstance(unit, str):
-        return Refusal(index, "u", f"u: must be a string, not {describe(unit)}", name)
-    value = base_value + raw
-    try:
-        canonical = to_canonical(vital, value, unit)
-    except UnitError as exc:
-        return Refusal(index, unit_field, f"{unit_field}: {exc}", name)
-    return Measurement(
-        record=index,
-        name=name,
-        vital=vital,
-        value=canonical,
-        value_field="v",
-        time=base_time + offset,
-        time_field="t",
-        as_sent="" if canonical == value else f"{value:g} {unit}",
+    label = present[0]
+    return Refusal(
+        index,
+        label,
+        f"{label}: {vital} needs a number in v, not a {_VALUE_KIND[label]} in {label}",
+        name,
     )
 
 

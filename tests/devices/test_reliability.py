@@ -206,11 +206,40 @@ async def settled(
 
 
 # devices ----------------------------------------------------------------------------------
+class Gate:
+    """Holds devices at a share of their stream until the test moves it on, so that a
+    test breaks something mid-stream however fast or slow the machine is."""
+
+    def __init__(self, share: float) -> None:
+        self.share = share
+        self._moved = asyncio.Condition()
+
+    def allowed(self, total: int) -> int:
+        return int(total * self.share)
+
+    async def wait_past(self, acked: int, total: int) -> None:
+        """Until the gate lets a device that has `acked` of `total` send more."""
+        async with self._moved:
+            await self._moved.wait_for(lambda: acked < self.allowed(total))
+
+    async def move(self, share: float) -> None:
+        async with self._moved:
+            self.share = share
+            self._moved.notify_all()
+
+
 class Wearable:
     """A device as firmware behaves: QoS 1 with a persistent session, and whatever the
     broker did not acknowledge published again once it is back."""
 
-    def __init__(self, enrolled: Enrolled, packs: Sequence[bytes], rate: float = RATE) -> None:
+    def __init__(
+        self,
+        enrolled: Enrolled,
+        packs: Sequence[bytes],
+        rate: float = RATE,
+        gate: Gate | None = None,
+    ) -> None:
+        self.gate = gate
         self.data = enrolled.as_json()
         self.pending: dict[int, bytes] = dict(enumerate(packs))
         self.total = len(packs)
@@ -266,7 +295,11 @@ class Wearable:
             self.acks[index] = (time.monotonic(), self.connection)
 
         while self.pending:
-            chunk = list(itertools.islice(self.pending.items(), WINDOW))
+            window = WINDOW
+            if self.gate is not None:
+                await self.gate.wait_past(self.acked, self.total)
+                window = min(window, self.gate.allowed(self.total) - self.acked)
+            chunk = list(itertools.islice(self.pending.items(), window))
             results = await asyncio.gather(
                 *(send(index, body) for index, body in chunk), return_exceptions=True
             )
@@ -357,7 +390,8 @@ async def test_broker_killed_and_restarted_mid_stream(rig: Rig) -> None:
     start = recent(hours_ago=3)
     streams = [Stream.build(d.device.id, start, 1000) for d in devices]
     expected = set().union(*(s.keys for s in streams))
-    wearables = [Wearable(d, s.packs) for d, s in zip(devices, streams, strict=True)]
+    gate = Gate(0.3)  # each kill comes with the devices held mid-stream, then let go
+    wearables = [Wearable(d, s.packs, gate=gate) for d, s in zip(devices, streams, strict=True)]
     total = sum(w.total for w in wearables)
     recovered: list[float] = []
     kills: list[tuple[float, list[int]]] = []  # when, and each device's connection then
@@ -372,8 +406,9 @@ async def test_broker_killed_and_restarted_mid_stream(rig: Rig) -> None:
             lambda: state.exists() and state.stat().st_mtime >= subscribed, 3.0, every=0.1
         )
         async with publishing(wearables):
-            for share in (0.3, 0.6):
-                assert await until(lambda: acked(wearables) >= total * share, SETTLE)  # noqa: B023
+            for then in (0.6, 1.0):
+                held = sum(gate.allowed(w.total) for w in wearables)
+                assert await until(lambda: acked(wearables) >= held, SETTLE)  # noqa: B023
                 # kill only once the ingestor holds everything the broker acknowledged (a
                 # backlog in Mosquitto's memory at a crash is lost: see the docstring)
                 assert await until(
@@ -386,6 +421,7 @@ async def test_broker_killed_and_restarted_mid_stream(rig: Rig) -> None:
                 os.kill(old_pid, signal.SIGKILL)
                 killed = time.monotonic()
                 kills.append((killed, [w.connection for w in wearables]))
+                await gate.move(then)  # the devices go on while the broker is down
                 assert await until(lambda: not ingestor.connected.is_set(), 10)
                 assert await until(lambda: rig.supervisor.pid != old_pid, 40), "not restarted"  # noqa: B023
                 assert await until(ingestor.connected.is_set, 40), "ingestor did not return"
@@ -518,7 +554,8 @@ async def test_server_process_killed_and_restarted_mid_stream(rig: Rig, tmp_path
     start = recent(hours_ago=3)
     streams = [Stream.build(d.device.id, start, 1500) for d in devices]
     expected = set().union(*(s.keys for s in streams))
-    wearables = [Wearable(d, s.packs) for d, s in zip(devices, streams, strict=True)]
+    gate = Gate(0.6)  # the kill comes with the devices held mid-stream, then let go
+    wearables = [Wearable(d, s.packs, gate=gate) for d, s in zip(devices, streams, strict=True)]
     total = sum(w.total for w in wearables)
     server = ServerProcess(tmp_path, rig)
     try:
@@ -532,6 +569,7 @@ async def test_server_process_killed_and_restarted_mid_stream(rig: Rig, tmp_path
             assert acked(wearables) < total, "the stream ended before the kill"
             await server.kill()
             killed = time.monotonic()
+            await gate.move(1.0)  # the devices go on while the server is down
             at_kill = await stored_count(rig.store)
             await asyncio.sleep(RESTART_DELAY)  # the process supervisor's delay, not a wait
             restart = await server.start()

@@ -1,0 +1,71 @@
+"""The ingestor decodes the next batch while one commits, and commits one batch at a time,
+in arrival order (so that acknowledgements keep that order); a batch that is due while the
+store is busy takes in what arrives until the store is free."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from datetime import datetime
+
+from devices.ingest import Ingestor
+from telemed.clock import utcnow
+from telemed.monitoring import Observation
+from tests.devices.conftest import Rig, Stored
+from tests.devices.test_ingest import device, real_rows, recent
+
+
+async def test_the_next_batch_is_decoded_while_one_commits_and_commits_after_it(
+    rig: Rig, ingesting: tuple[Ingestor, Stored]
+) -> None:
+    ingestor, stored = ingesting
+    enrolled = await rig.enroll()
+    await rig.store.get_device(enrolled.device.id)
+    real = rig.store.add_observations
+    gate, started, decoded = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    events: list[tuple[str, float]] = []
+    accepted = 0
+
+    def clock() -> datetime:  # the ingestor reads it once per message, then decodes it
+        nonlocal accepted
+        accepted += 1
+        if accepted == 4:
+            decoded.set()
+        return utcnow()
+
+    async def slow(batch: Sequence[Observation]) -> int:
+        first = batch[0].value
+        events.append(("start", first))
+        started.set()
+        if first == 60.0:
+            await gate.wait()  # the first batch's commit takes as long as the test says
+        try:
+            return await real(batch)
+        finally:
+            events.append(("end", first))
+
+    rig.store.add_observations = slow  # type: ignore[method-assign]
+    ingestor.clock = clock
+    topic = enrolled.as_json()["topic"]
+    start = recent()
+    async with device(enrolled) as d:
+        await d.publish(topic, json.dumps([{"bt": start, "n": "hr", "v": 60}]), qos=1)
+        async with asyncio.timeout(10):
+            await started.wait()
+        for i in range(1, 4):
+            pack = [{"bt": start + i, "n": "hr", "v": 60 + i}]
+            await d.publish(topic, json.dumps(pack), qos=1)
+        async with asyncio.timeout(10):
+            await decoded.wait()  # while the first batch is still committing
+        assert events == [("start", 60.0)]
+        assert ingestor.stats.batches == 0
+        gate.set()
+        async with asyncio.timeout(10):
+            while len(await real_rows(rig)) < 4:
+                stored.changed.clear()
+                await stored.changed.wait()
+    # one commit at a time, in order; what arrived during the first is the second batch
+    assert events == [("start", 60.0), ("end", 60.0), ("start", 61.0), ("end", 61.0)]
+    assert sorted(o.value for o in await real_rows(rig)) == [60.0, 61.0, 62.0, 63.0]
+    assert ingestor.stats.stored == 4
