@@ -234,6 +234,15 @@ class Monitor:
         body["values"] = _values_json(inputs)
         return body
 
+    async def current_news2(self, patient_id: str) -> dict[str, Any] | None:
+        """The patient's NEWS2 now, for a view whose care-team access was checked and
+        audited when it opened (the doctor's queue); None when nothing was ever measured."""
+        plan = await self._plan(patient_id)
+        inputs, result = await self._score(patient_id, plan, self.clock())
+        if not _values_json(inputs):
+            return None
+        return result.as_json()
+
     async def plan(self, actor: Actor, patient_id: str) -> MonitoringPlan:
         """The patient's monitoring plan (the defaults until the care team changed it)."""
         await self._authorize(actor, patient_id, "monitoring.read")

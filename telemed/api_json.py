@@ -7,6 +7,7 @@ from typing import Any
 from telemed.accounts import Patient, User
 from telemed.clock import iso
 from telemed.monitoring import Alert, Observation
+from telemed.visits import PreCheck, Visit
 
 
 def patient_json(p: Patient) -> dict[str, Any]:
@@ -60,3 +61,41 @@ def observation_json(o: Observation) -> dict[str, Any]:
         "unit": o.unit,
         "taken_at": iso(o.taken_at),
     }
+
+
+def precheck_json(p: PreCheck | None) -> dict[str, Any] | None:
+    if p is None:
+        return None
+    return {
+        "camera": p.camera,
+        "microphone": p.microphone,
+        "rtt_ms": p.rtt_ms,
+        "upload_kbps": p.upload_kbps,
+        "recommendation": p.recommendation.value,
+        "at": iso(p.at),
+    }
+
+
+def visit_json(v: Visit) -> dict[str, Any]:
+    """A visit as the clinic sees it; never its link's or pass's hash."""
+    return {
+        "visit_id": v.id,
+        "patient_id": v.patient_id,
+        "doctor_id": v.clinician_id,
+        "state": v.state.value,
+        "scheduled_at": iso(v.scheduled_at),
+        "link_expires_at": iso(v.link_expires_at),
+        "link_claimed": v.link_claimed_at is not None,
+        "waiting_since": optional_iso(v.waiting_since),
+        "admitted_at": optional_iso(v.admitted_at),
+        "ended_at": optional_iso(v.ended_at),
+        "patient_online": v.patient_online,
+        "precheck": precheck_json(v.precheck),
+        "transitions": [
+            {"state": t.state.value, "at": iso(t.at), "by": t.by} for t in v.transitions
+        ],
+    }
+
+
+def join_url(base_url: str, token: str) -> str:
+    return f"{base_url}/v/{token}"

@@ -22,6 +22,7 @@ import socket
 import ssl
 import sys
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +34,13 @@ from devices.dynsec import DynsecError
 from devices.enrollment import Enrollment, device_json
 from telemed import demo, tls
 from telemed.accounts import Role
-from telemed.api_json import user_json
+from telemed.api_json import user_json, visit_json
 from telemed.audit import averify
 from telemed.clinic import OPERATOR, Clinic
-from telemed.clock import utcnow
+from telemed.clock import iso, truncate, utcnow
 from telemed.errors import TelemedError
 from telemed.logs import configure
+from telemed.reception import Reception, booking_json, visit_policy
 from telemed.settings import ConfigError, Settings, load_settings
 from telemed.store import Store, open_store
 
@@ -390,6 +392,58 @@ def cmd_device(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(_with_clinic(settings, work))
 
 
+def _reception(clinic: Clinic, settings: Settings) -> Reception:
+    return Reception(clinic, visit_policy(settings.visits))
+
+
+def _visit_at(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise CliError(f"--at: not a time: {text!r} (e.g. 2026-12-01T09:30+01:00)") from None
+    if moment.tzinfo is None:
+        raise CliError(f"--at: give the time zone too, e.g. {text}+01:00 or {text}Z")
+    return truncate(moment)
+
+
+def cmd_visit(args: argparse.Namespace, settings: Settings) -> int:
+    async def work(clinic: Clinic) -> int:
+        reception = _reception(clinic, settings)
+        if args.visit_command == "create":
+            booking = await reception.book(
+                OPERATOR, patient_id=args.patient, clinician_id=args.doctor, at=_visit_at(args.at)
+            )
+            data = booking_json(booking, settings.base_url)
+            emit(
+                args,
+                data,
+                "\n".join(
+                    ["Visit created. Send the join link to the patient (it is shown once):"]
+                    + [f"  {k:16} {v}" for k, v in data.items()]
+                ),
+            )
+        elif args.visit_command == "link":
+            booking = await reception.reissue_link(OPERATOR, args.id)
+            data = booking_json(booking, settings.base_url)
+            emit(args, data, f"New join link (the old one no longer works):\n  {data['join_url']}")
+        elif args.visit_command == "list":
+            visits = await clinic.store.list_visits(
+                clinician_id=args.doctor, patient_id=args.patient
+            )
+            if args.json:
+                out(json.dumps({"visits": [visit_json(v) for v in visits]}))
+            for v in visits if not args.json else []:
+                out(f"{v.id}  {v.state.value:9}  {iso(v.scheduled_at)}  patient {v.patient_id}")
+        else:
+            visit = await reception.cancel(OPERATOR, args.id)
+            emit(args, visit_json(visit), f"cancelled {visit.id}: its link no longer works")
+        return 0
+
+    return asyncio.run(_with_clinic(settings, work))
+
+
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     from devices.simulator import (
         DeviceCredentials,
@@ -564,6 +618,29 @@ def build_parser() -> argparse.ArgumentParser:
     drevoke.add_argument("id")
     json_flag(drevoke)
     drevoke.set_defaults(func=cmd_device)
+
+    visit = sub.add_parser("visit", help="video visits").add_subparsers(
+        dest="visit_command", required=True
+    )
+    vcreate = visit.add_parser("create", help="book a visit; prints the patient's join link once")
+    vcreate.add_argument("--patient", required=True, help="patient id")
+    vcreate.add_argument("--doctor", required=True, help="clinician id (on the care team)")
+    vcreate.add_argument("--at", help="when, with a time zone (e.g. 2026-12-01T09:30+01:00); now")
+    json_flag(vcreate)
+    vcreate.set_defaults(func=cmd_visit)
+    vlink = visit.add_parser("link", help="issue a new join link; the old one dies")
+    vlink.add_argument("id")
+    json_flag(vlink)
+    vlink.set_defaults(func=cmd_visit)
+    vlist = visit.add_parser("list", help="list visits")
+    vlist.add_argument("--patient", help="only this patient's")
+    vlist.add_argument("--doctor", help="only this clinician's")
+    json_flag(vlist)
+    vlist.set_defaults(func=cmd_visit)
+    vcancel = visit.add_parser("cancel", help="cancel a visit; its link dies")
+    vcancel.add_argument("id")
+    json_flag(vcancel)
+    vcancel.set_defaults(func=cmd_visit)
 
     sim = sub.add_parser(
         "simulate", help="publish realistic vitals from demo devices, as real devices would"

@@ -25,3 +25,8 @@ def truncate(moment: datetime) -> datetime:
 def iso(moment: datetime) -> str:
     """RFC 3339 with milliseconds and a Z, as FHIR instants are written."""
     return truncate(moment).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def parse_iso(text: str) -> datetime:
+    """The inverse of `iso` (and of any RFC 3339 time with an offset), in UTC."""
+    return datetime.fromisoformat(text).astimezone(UTC)

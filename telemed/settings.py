@@ -61,6 +61,12 @@ class ServerSettings:
 class StoreSettings:
     url: str  # sqlite:///relative/or/absolute.db, or mongodb://...
     database: str  # MongoDB database name (ignored by SQLite)
+    # MongoDB observations: "auto" (time-series when the server makes one), "timeseries"
+    # (required) or "plain" (unique-index collection). Ignored by SQLite. Required in the
+    # file like every key; the default serves code that builds settings by hand.
+    observation_layout: str = field(
+        default="auto", metadata={"choices": ("auto", "timeseries", "plain")}
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +104,30 @@ class MonitoringSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class VisitSettings:
+    link_valid_hours: int = field(metadata={"min": 1, "max": 24 * 30})  # after the visit's time
+    low_bandwidth_kbps: int = field(metadata={"min": 30, "max": 5000})  # video cap, low profile
+    low_bandwidth_height: int = field(metadata={"min": 90, "max": 1080})  # video rows, low profile
+    audio_only_below_kbps: int = field(metadata={"min": 0, "max": 1000})  # pre-call: advise audio
+
+
+@dataclass(frozen=True, slots=True)
+class WebRtcSettings:
+    stun_urls: str  # comma-separated, e.g. "stun:turn.example.org:3478"; "" for none
+    turn_urls: str  # comma-separated turn:/turns: URLs of a coturn with use-auth-secret
+    turn_secret: Secret  # coturn's static-auth-secret; required when turn_urls is set
+    turn_ttl_minutes: int = field(metadata={"min": 5, "max": 24 * 60})
+
+
+@dataclass(frozen=True, slots=True)
+class SignalingSettings:
+    redis_url: str  # "" keeps rooms in this process; redis://... shares them across processes
+    events_per_second: int = field(metadata={"min": 1, "max": 1000})  # per connection, sustained
+    event_burst: int = field(metadata={"min": 1, "max": 10000})  # per connection, at once
+    max_event_bytes: int = field(metadata={"min": 1024, "max": 1024 * 1024})
+
+
+@dataclass(frozen=True, slots=True)
 class DemoSettings:
     seed: bool
     stream_devices: int = field(metadata={"min": 0, "max": 50})
@@ -116,6 +146,9 @@ class Settings:
     mqtt: MqttSettings
     security: SecuritySettings
     monitoring: MonitoringSettings
+    visits: VisitSettings
+    webrtc: WebRtcSettings
+    signaling: SignalingSettings
     demo: DemoSettings
     log: LogSettings
     var_dir: Path = field(default=Path("var"))  # resolved beside the config file
@@ -140,6 +173,9 @@ _SECTIONS: dict[str, type[Any]] = {
     "mqtt": MqttSettings,
     "security": SecuritySettings,
     "monitoring": MonitoringSettings,
+    "visits": VisitSettings,
+    "webrtc": WebRtcSettings,
+    "signaling": SignalingSettings,
     "demo": DemoSettings,
     "log": LogSettings,
 }
@@ -270,5 +306,20 @@ def _check_cross_field(s: Settings) -> None:
         raise ConfigError("store.url: sqlite:/// needs a file path")
     if not s.store.database:
         raise ConfigError("store.database: expected a database name")
+    if s.webrtc.turn_urls and not s.webrtc.turn_secret:
+        raise ConfigError("webrtc.turn_secret: required when webrtc.turn_urls is set")
+    for key in ("stun_urls", "turn_urls"):
+        schemes = ("stun:", "stuns:") if key == "stun_urls" else ("turn:", "turns:")
+        for url in split_urls(getattr(s.webrtc, key)):
+            if not url.startswith(schemes):
+                raise ConfigError(f"webrtc.{key}: {url!r} does not start with {schemes[0]}")
+    redis_url = s.signaling.redis_url
+    if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"signaling.redis_url: expected redis://..., got {redis_url!r}")
     if s.security.session_absolute_hours * 60 < s.security.session_idle_minutes:
         raise ConfigError("security.session_idle_minutes: must not exceed session_absolute_hours")
+
+
+def split_urls(value: str) -> list[str]:
+    """A comma-separated list of URLs from the config, blanks dropped."""
+    return [part.strip() for part in value.split(",") if part.strip()]

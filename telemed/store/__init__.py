@@ -27,6 +27,7 @@ from telemed.sessions import Session
 from telemed.settings import StoreSettings
 from telemed.throttle import Throttle
 from telemed.tokens import ApiToken
+from telemed.visits import Visit, VisitState
 
 
 class Store(Protocol):
@@ -240,6 +241,27 @@ class Store(Protocol):
     ) -> AsyncGenerator[AuditRecord, None]:
         """Stored entries in sequence order (oldest first), optionally for one patient."""
 
+    # video visits ----------------------------------------------------------
+    async def add_visit(self, visit: Visit) -> None:
+        """Raise `Conflict` if the id or the link's hash is taken."""
+
+    async def get_visit(self, visit_id: str) -> Visit | None: ...
+
+    async def find_visit_by_link(self, link_hash: str) -> Visit | None: ...
+
+    async def replace_visit(self, visit: Visit) -> bool:
+        """Store `visit` in place of the stored one if that is at `visit.version - 1`
+        (compare and set, across processes); False, changing nothing, otherwise."""
+
+    async def list_visits(
+        self,
+        *,
+        clinician_id: str | None = None,
+        patient_id: str | None = None,
+        states: Collection[VisitState] | None = None,
+    ) -> list[Visit]:
+        """Visits matching every filter given, ordered by scheduled time, then id."""
+
 
 async def open_store(settings: StoreSettings, *, base_dir: str = ".") -> Store:
     """Open (and migrate, or index) the store named by `settings.url`."""
@@ -249,4 +271,6 @@ async def open_store(settings: StoreSettings, *, base_dir: str = ".") -> Store:
         return await SqliteStore.open(settings.url, base_dir=base_dir)
     from telemed.store.mongo import MongoStore
 
-    return await MongoStore.open(settings.url, settings.database)
+    return await MongoStore.open(
+        settings.url, settings.database, observation_layout=settings.observation_layout
+    )

@@ -2,11 +2,14 @@
 
 One document per domain value, keyed by `_id` where the value has a natural key (user,
 patient, token and device ids, session and throttle keys, setting keys, audit sequence
-numbers). Observations keep a generated `_id`; a unique (device_id, code, taken_at) index
-absorbs redelivered readings, and their writes are journaled before they are acknowledged.
-Writes wait for a majority of the replica set and are retried once on a transient
-error. Datetimes are BSON dates: UTC, to the millisecond, as the domain keeps them.
-Indexes are created at open; creating an index that already exists is a no-op.
+numbers). Observations keep a generated `_id`, in one of two layouts (`ObservationLayout`,
+chosen at open): a time-series collection whose redeliveries are absorbed by a key log
+(`observation_keys`, see `add_observations`), or a plain collection whose unique
+(device_id, code, taken_at) index absorbs them. Either way their writes are journaled
+before they are acknowledged. Writes wait for a majority of the replica set and are
+retried once on a transient error. Datetimes are BSON dates: UTC, to the millisecond, as
+the domain keeps them. Indexes are created at open; creating an index that already
+exists is a no-op.
 
 The audit log needs no transaction: an entry's `_id` is its sequence number (repeated as
 `seq` for the per-patient index), so of two writers, in any processes, that read the
@@ -19,11 +22,15 @@ entry: give the server's database user only the `find` and `insert` actions on
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
+import uuid
 from collections.abc import AsyncGenerator, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from pymongo import (
@@ -37,10 +44,11 @@ from pymongo import (
 )
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure, PyMongoError
 
 from telemed.accounts import Patient, Role, User
 from telemed.audit import AuditEvent, AuditRecord, Outcome, seal
+from telemed.clock import Clock, utcnow
 from telemed.errors import Conflict, NotFound, StoreUnavailable
 from telemed.monitoring import (
     ACTIVE_STATES,
@@ -58,6 +66,7 @@ from telemed.monitoring import (
 from telemed.sessions import Session
 from telemed.throttle import Throttle
 from telemed.tokens import ApiToken
+from telemed.visits import Visit, VisitState, visit_from_doc, visit_to_doc
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +76,7 @@ SERVER_SELECTION_TIMEOUT_MS = 5_000
 AUDIT_APPEND_ATTEMPTS = 64  # each lost race means another writer's entry went in
 AUDIT_PAGE = 500
 DUPLICATE_KEY = 11000  # the server's error code for a unique index violation
+NAMESPACE_EXISTS = 48  # the server's error code for creating a collection that exists
 
 USERS = "users"
 PATIENTS = "patients"
@@ -76,15 +86,19 @@ SESSIONS = "sessions"
 LOGIN_THROTTLE = "login_throttle"
 CLINIC_SETTINGS = "clinic_settings"
 DEVICES = "devices"
-# A regular collection, not a time-series one: a time-series collection cannot have a
-# unique index, and the (device_id, code, taken_at) key is what absorbs redeliveries.
+# Time-series where the server makes one (see `ObservationLayout`); a time-series
+# collection cannot have a unique index, so `observation_keys` then holds the
+# (device_id, code, taken_at) keys that absorb redeliveries.
 OBSERVATIONS = "observations"
+OBSERVATION_KEYS = "observation_keys"
 AUDIT_LOG = "audit_log"
 DEVICE_PRESENCE = "device_presence"
 MONITORING_PLANS = "monitoring_plans"
 CHECK_INS = "check_ins"
 # `active` repeats "state is not resolved": a partial index can filter on equality only
 ALERTS = "alerts"
+# A visit is kept whole under `doc`, beside the fields it is found and sorted by
+VISITS = "visits"
 
 # Acknowledged means durable: journaled on a majority of the replica set.
 DURABLE = WriteConcern(w="majority", j=True)
@@ -113,24 +127,7 @@ INDEXES: dict[str, list[IndexModel]] = {
     DEVICES: [
         IndexModel([("patient_id", ASCENDING)], name="by_patient"),
     ],
-    OBSERVATIONS: [
-        IndexModel(
-            [("device_id", ASCENDING), ("code", ASCENDING), ("taken_at", ASCENDING)],
-            name="device_code_taken_at_unique",
-            unique=True,
-        ),
-        # serves `observations` for one code (in either direction) and, read backwards,
-        # `latest_observations`; `device_id` last keeps the tie order without a sort
-        IndexModel(
-            [
-                ("patient_id", ASCENDING),
-                ("code", ASCENDING),
-                ("taken_at", ASCENDING),
-                ("device_id", ASCENDING),
-            ],
-            name="by_patient_code_taken_at",
-        ),
-    ],
+    # OBSERVATIONS: by layout, see `_Layout.indexes`
     CHECK_INS: [
         IndexModel(
             [("patient_id", ASCENDING), ("taken_at", ASCENDING)], name="by_patient_taken_at"
@@ -149,12 +146,124 @@ INDEXES: dict[str, list[IndexModel]] = {
         ),
         IndexModel([("active", ASCENDING), ("opened_at", ASCENDING)], name="by_active"),
     ],
+    VISITS: [
+        IndexModel([("link_hash", ASCENDING)], name="link_hash_unique", unique=True),
+        IndexModel(
+            [("clinician_id", ASCENDING), ("scheduled_at", ASCENDING)],
+            name="by_clinician_scheduled_at",
+        ),
+        IndexModel(
+            [("patient_id", ASCENDING), ("scheduled_at", ASCENDING)],
+            name="by_patient_scheduled_at",
+        ),
+    ],
     AUDIT_LOG: [
         # `seq` repeats `_id` so that the per-patient index can end with it
         IndexModel([("seq", ASCENDING)], name="seq_unique", unique=True),
         IndexModel([("patient_id", ASCENDING), ("seq", ASCENDING)], name="by_patient_seq"),
     ],
 }
+
+
+class ObservationLayout(StrEnum):
+    """How observations are kept: `store.observation_layout`."""
+
+    AUTO = "auto"  # time-series when the server makes one; an existing collection stays
+    TIMESERIES = "timeseries"  # time-series or nothing: open fails if the server can't
+    PLAIN = "plain"  # one regular collection with a unique (device, code, time) index
+
+
+# The time field is a BSON date; the meta field holds what names a series, and every
+# query filters on it. A wearable sends each code every few seconds: "seconds" buckets.
+TIMESERIES_OPTIONS: Document = {
+    "timeField": "taken_at",
+    "metaField": "meta",
+    "granularity": "seconds",
+}
+# How long a writer holds the observation keys it is storing. Only after that may another
+# writer take a pending key over, so it must far exceed the writes of one batch, and the
+# clocks of the server's processes must agree to well within it.
+OBSERVATION_LEASE = timedelta(seconds=30)
+# Pauses (seconds, about 10 in all) before looking again at keys another writer holds.
+KEY_WAITS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+PENDING = "pending"
+COMMITTED = "committed"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """Where an observation document keeps what names its series (at the top level, or
+    under the time-series meta field) and what absorbs redeliveries (a unique index, or
+    the key log)."""
+
+    name: ObservationLayout
+    meta: str | None
+
+    @property
+    def key_log(self) -> bool:
+        return self.meta is not None
+
+    def path(self, field: str) -> str:
+        return field if self.meta is None else f"{self.meta}.{field}"
+
+    def document(self, o: Observation) -> Document:
+        series: Document = {"patient_id": o.patient_id, "device_id": o.device_id, "code": o.code}
+        reading: Document = {
+            "value": float(o.value),
+            "unit": o.unit,
+            "taken_at": o.taken_at,
+            "received_at": o.received_at,
+        }
+        return {**series, **reading} if self.meta is None else {self.meta: series, **reading}
+
+    def observation(self, doc: Document) -> Observation:
+        series: Document = doc if self.meta is None else doc[self.meta]
+        return Observation(
+            patient_id=series["patient_id"],
+            device_id=series["device_id"],
+            code=series["code"],
+            value=float(doc["value"]),
+            unit=doc["unit"],
+            taken_at=_dt(doc["taken_at"]),
+            received_at=_dt(doc["received_at"]),
+        )
+
+    def indexes(self) -> list[IndexModel]:
+        # serves `observations` for one code (in either direction) and, read backwards,
+        # `latest_observations`; `device_id` last keeps the tie order without a sort
+        by_patient = IndexModel(
+            [
+                (self.path("patient_id"), ASCENDING),
+                (self.path("code"), ASCENDING),
+                ("taken_at", ASCENDING),
+                (self.path("device_id"), ASCENDING),
+            ],
+            name="by_patient_code_taken_at",
+        )
+        if self.key_log:
+            return [by_patient]
+        unique = IndexModel(
+            [("device_id", ASCENDING), ("code", ASCENDING), ("taken_at", ASCENDING)],
+            name="device_code_taken_at_unique",
+            unique=True,
+        )
+        return [unique, by_patient]
+
+
+PLAIN_LAYOUT = _Layout(ObservationLayout.PLAIN, meta=None)
+TIMESERIES_LAYOUT = _Layout(ObservationLayout.TIMESERIES, meta=TIMESERIES_OPTIONS["metaField"])
+
+
+def _epoch_ms(moment: datetime) -> int:
+    """Milliseconds since the epoch, as a BSON date holds `moment`."""
+    return (moment - EPOCH) // timedelta(milliseconds=1)
+
+
+def _key(o: Observation) -> str:
+    """The `_id` of an observation's entry in the key log: device, code and time (ms), as
+    JSON text so that no device id or code can run into the next field."""
+    return json.dumps([o.device_id, o.code, _epoch_ms(o.taken_at)], separators=(",", ":"))
 
 
 @contextmanager
@@ -183,15 +292,23 @@ def _inserted_besides_duplicates(exc: BulkWriteError) -> int:
     A duplicate key is a redelivery, already stored: success. Any other write error, or
     a write concern error (the rest may not be durable), raises `StoreUnavailable`.
     """
+    _duplicates_only(exc, "observations")
+    return int(exc.details.get("nInserted", 0))
+
+
+def _duplicates_only(exc: BulkWriteError, what: str) -> set[int]:
+    """The positions an unordered insert refused, if it refused duplicate keys only;
+    otherwise (another write error, or a write concern error) `StoreUnavailable`."""
     details = exc.details
-    codes = {error.get("code") for error in details.get("writeErrors", [])}
+    errors = details.get("writeErrors", [])
+    codes = {error.get("code") for error in errors}
     concern = [error.get("errmsg", "") for error in details.get("writeConcernErrors", [])]
     if concern or codes - {DUPLICATE_KEY}:
         # the codes and messages only: a write error carries the document (vitals)
         raise StoreUnavailable(
-            f"observations: write errors {sorted(map(str, codes))}, write concern {concern}"
+            f"{what}: write errors {sorted(map(str, codes))}, write concern {concern}"
         ) from exc
-    return int(details.get("nInserted", 0))
+    return {int(error["index"]) for error in errors}
 
 
 def _dt(value: Any) -> datetime:
@@ -207,7 +324,9 @@ def _dt_or_none(value: Any) -> datetime | None:
 class MongoStore:
     kind = "mongodb"
 
-    def __init__(self, client: AsyncMongoClient[Document], database: str) -> None:
+    def __init__(
+        self, client: AsyncMongoClient[Document], database: str, *, clock: Clock = utcnow
+    ) -> None:
         self._client = client
         self._db: AsyncDatabase[Document] = client[database]
         self._users: AsyncCollection[Document] = self._db[USERS]
@@ -221,11 +340,20 @@ class MongoStore:
         self._observations: AsyncCollection[Document] = self._db.get_collection(
             OBSERVATIONS, write_concern=DURABLE
         )
+        self._observation_keys: AsyncCollection[Document] = self._db.get_collection(
+            OBSERVATION_KEYS, write_concern=DURABLE
+        )
+        self._layout = PLAIN_LAYOUT  # until `open` has looked at the database
+        self._clock = clock  # for leases on observation keys only
+        self._writer = uuid.uuid4().hex  # the owner of this store's leases
+        self._keys_in_flight: set[str] = set()  # held by a call of this store, now
+        self._key_waits: Sequence[float] = KEY_WAITS
         self._audit: AsyncCollection[Document] = self._db[AUDIT_LOG]
         self._presence: AsyncCollection[Document] = self._db[DEVICE_PRESENCE]
         self._plans: AsyncCollection[Document] = self._db[MONITORING_PLANS]
         self._check_ins: AsyncCollection[Document] = self._db[CHECK_INS]
         self._alerts: AsyncCollection[Document] = self._db[ALERTS]
+        self._visits: AsyncCollection[Document] = self._db[VISITS]
         self._closed = False
 
     @contextmanager
@@ -237,7 +365,31 @@ class MongoStore:
             yield
 
     @classmethod
-    async def open(cls, url: str, database: str) -> MongoStore:
+    async def open(
+        cls,
+        url: str,
+        database: str,
+        *,
+        observation_layout: str = ObservationLayout.AUTO,
+        clock: Clock = utcnow,
+        key_waits: Sequence[float] = KEY_WAITS,
+        timeseries_over_plain: bool = False,
+    ) -> MongoStore:
+        """Connect, choose the observation layout and create the indexes.
+
+        `clock` dates the leases on observation keys; `key_waits` are the pauses (seconds)
+        between looks at keys that another writer holds (see `add_observations`).
+        `timeseries_over_plain` is for tests: nx-27017 accepts the time-series option but
+        makes a plain collection, and with it "auto" and "timeseries" run the time-series
+        code path (key log, no unique index) over whatever collection the server made.
+        """
+        try:
+            layout = ObservationLayout(observation_layout)
+        except ValueError:
+            choices = ", ".join(ObservationLayout)
+            raise StoreUnavailable(
+                f"store.observation_layout: expected one of {choices}, got {observation_layout!r}"
+            ) from None
         if not database:
             raise StoreUnavailable("store.database: a MongoDB database name is required")
         try:
@@ -252,9 +404,11 @@ class MongoStore:
             )
         except PyMongoError as exc:
             raise StoreUnavailable(f"store.url is not a usable MongoDB URL: {exc}") from exc
-        store = cls(client, database)
+        store = cls(client, database, clock=clock)
+        store._key_waits = key_waits
         try:
             await store.ping()
+            store._layout = await store._choose_layout(layout, over_plain=timeseries_over_plain)
             await store._create_indexes()
         except BaseException:
             await client.close()
@@ -265,6 +419,86 @@ class MongoStore:
         with self._op("creating indexes"):
             for name, indexes in INDEXES.items():
                 await self._db[name].create_indexes(indexes)
+            await self._observations.create_indexes(self._layout.indexes())
+
+    @property
+    def observation_layout(self) -> ObservationLayout:
+        """The layout in use: "timeseries" (with the key log) or "plain"."""
+        return self._layout.name
+
+    async def _choose_layout(self, wanted: ObservationLayout, *, over_plain: bool) -> _Layout:
+        """The layout of the existing observations collection, or of the one made now.
+
+        An existing collection keeps its layout: readings are never split across two.
+        """
+        found = await self._collection_type(OBSERVATIONS)
+        created = False
+        if found is None and wanted is not ObservationLayout.PLAIN:
+            required = wanted is ObservationLayout.TIMESERIES and not over_plain
+            created = await self._create_timeseries(required=required)
+            found = await self._collection_type(OBSERVATIONS)
+        if found == "timeseries":
+            if wanted is ObservationLayout.PLAIN:
+                raise StoreUnavailable(
+                    "store.observation_layout: 'plain', but the database's observations "
+                    "collection is a time-series one; set 'auto' or 'timeseries'"
+                )
+            log.info("observations: time-series collection, deduplicated by %s", OBSERVATION_KEYS)
+            return TIMESERIES_LAYOUT
+        if over_plain and wanted is not ObservationLayout.PLAIN:
+            log.info("observations: the time-series layout over a %s collection", found)
+            return TIMESERIES_LAYOUT
+        if wanted is ObservationLayout.TIMESERIES:
+            if created:
+                raise StoreUnavailable(
+                    "store.observation_layout: 'timeseries', but this server made a plain "
+                    "collection when asked for a time-series one (MongoDB 5.0 or newer makes "
+                    "them); set 'auto' or 'plain', or drop the empty observations collection "
+                    "once the server can"
+                )
+            raise StoreUnavailable(
+                "store.observation_layout: 'timeseries', but the database already holds a "
+                "plain observations collection; set 'auto' to keep using it (its readings "
+                "would have to be moved to a time-series one)"
+            )
+        if wanted is ObservationLayout.AUTO and found is not None:
+            if created:
+                log.info("observations: this server makes no time-series collection; plain")
+            else:
+                log.info("observations: keeping the existing plain collection (unique key)")
+        return PLAIN_LAYOUT
+
+    async def _collection_type(self, name: str) -> str | None:
+        """listCollections' `type` of `name` ("collection", "timeseries"...), None if absent."""
+        with self._op(f"collection {name}"):
+            cursor = await self._db.list_collections(filter={"name": name})
+            infos = await cursor.to_list()
+        # nx-27017 ignores the filter: match the name here too
+        types = [str(info.get("type", "collection")) for info in infos if info.get("name") == name]
+        return types[0] if types else None
+
+    async def _create_timeseries(self, *, required: bool) -> bool:
+        """Ask for a time-series observations collection; True if this call created one
+        (of whatever type the server made: check it)."""
+        try:
+            await self._db.create_collection(
+                OBSERVATIONS, timeseries=TIMESERIES_OPTIONS, check_exists=False
+            )
+        except OperationFailure as exc:
+            if exc.code == NAMESPACE_EXISTS:
+                return False  # another process made it first: its type decides
+            if required:
+                raise StoreUnavailable(
+                    "store.observation_layout: 'timeseries', but the server refused a "
+                    f"time-series collection (error {exc.code}): {exc}"
+                ) from exc
+            log.info(
+                "observations: the server refused a time-series collection (error %s)", exc.code
+            )
+            return False
+        except PyMongoError as exc:
+            raise StoreUnavailable(f"creating observations: {exc}") from exc
+        return True
 
     async def close(self) -> None:
         self._closed = True
@@ -567,33 +801,12 @@ class MongoStore:
         return bool(result.modified_count)
 
     # observations -----------------------------------------------------------
-    @staticmethod
-    def _observation(doc: Document) -> Observation:
-        return Observation(
-            patient_id=doc["patient_id"],
-            device_id=doc["device_id"],
-            code=doc["code"],
-            value=float(doc["value"]),
-            unit=doc["unit"],
-            taken_at=_dt(doc["taken_at"]),
-            received_at=_dt(doc["received_at"]),
-        )
-
     async def add_observations(self, observations: Sequence[Observation]) -> int:
         if not observations:
             return 0  # insert_many refuses an empty list
-        docs: list[Document] = [
-            {
-                "patient_id": o.patient_id,
-                "device_id": o.device_id,
-                "code": o.code,
-                "value": float(o.value),
-                "unit": o.unit,
-                "taken_at": o.taken_at,
-                "received_at": o.received_at,
-            }
-            for o in observations
-        ]
+        if self._layout.key_log:
+            return await self._add_through_key_log(observations)
+        docs = [self._layout.document(o) for o in observations]
         with self._op("observations"):
             try:
                 # unordered: one duplicate does not stop the rest of the batch
@@ -601,6 +814,172 @@ class MongoStore:
             except BulkWriteError as exc:
                 return _inserted_besides_duplicates(exc)
         return len(result.inserted_ids)
+
+    async def _add_through_key_log(self, observations: Sequence[Observation]) -> int:
+        """Store a batch where no unique index can absorb redeliveries (time-series).
+
+        Three steps, each durable before the next: each reading's key goes into
+        `observation_keys` (`_id` = the key, so only one insert of it can succeed) as
+        "pending", under this store's lease; the readings whose keys were new go into
+        `observations`; their keys become "committed". A key that was already logged is
+        - committed: its reading is stored (a redelivery), and is skipped;
+        - pending under an expired lease, or under this store's own lease while no call
+          of this store holds it (an earlier attempt failed): claimed by compare-and-set
+          on the lease, its reading looked up and inserted only if absent, then committed;
+        - pending under another writer's live lease, or held by a concurrent call of this
+          store: left alone while the rest is stored, then looked at again after each
+          pause of `key_waits` (overlapping redeliveries in two processes are normal, and
+          the other writer commits within a batch's writes). Still held after the last
+          pause, the call raises `StoreUnavailable`: the batch is not acknowledged and
+          comes back later (after the lease, a crashed writer's keys are taken over).
+
+        A crash between the steps leaves pending keys whose readings are absent, or some
+        or all present; the redelivery takes the keys over and looks before it inserts,
+        so nothing is lost or doubled. The claim is acknowledged by a majority before the
+        look-up, so the look-up sees every write the server applied before the claim.
+        What remains, where a unique index had no window at all:
+        - a reading insert that the server applies only after another writer claimed and
+          looked up its keys (its writer stalled past its lease, or gave up on the call
+          while the request was still queued): the look-up misses it, and the reading is
+          stored twice (the stalled writer's commit then fails: it lost the lease). A
+          claim by another writer waits for the lease (30 s); the owner's own retry does
+          not, so for it a request stuck past the ingestor's back-off (0.1 s and up) is
+          enough. That retry exists so that one failed write does not stall ingestion
+          for a whole lease.
+        - leases compare the clocks of different processes: one whose clock runs more
+          than the lease ahead takes live keys over, with the same effect.
+        Either way the cost is a duplicate reading, never a lost one: a key is committed
+        only after its reading was inserted (acknowledged by a majority) or found.
+        """
+        todo: dict[str, Observation] = {}
+        for o in observations:
+            todo.setdefault(_key(o), o)  # the first of a repeated key wins, as with the index
+        new = 0
+        pauses = iter(self._key_waits)
+        while True:
+            mine = {k: o for k, o in todo.items() if k not in self._keys_in_flight}
+            self._keys_in_flight.update(mine)
+            try:
+                stored, busy = await self._store_logged(mine)
+            finally:
+                self._keys_in_flight.difference_update(mine)
+            new += stored
+            todo = {k: o for k, o in todo.items() if k in busy or k not in mine}
+            if not todo:
+                return new
+            pause = next(pauses, None)
+            if pause is None:
+                raise StoreUnavailable(
+                    f"observations: {len(todo)} of the batch's readings are still being "
+                    "stored by another writer; the rest is stored, retry the batch later"
+                )
+            await asyncio.sleep(pause)
+
+    async def _store_logged(self, batch: Mapping[str, Observation]) -> tuple[int, set[str]]:
+        """The three steps for keys that no call of this store holds: how many readings
+        were new, and the keys that another writer holds."""
+        if not batch:
+            return 0, set()
+        now = _epoch_ms(self._clock())
+        lease = now + OBSERVATION_LEASE // timedelta(milliseconds=1)
+        keys = list(batch)
+        logged = await self._log_keys(keys, lease)
+        fresh = [k for i, k in enumerate(keys) if i not in logged]
+        claimed, busy = await self._claim_keys([keys[i] for i in sorted(logged)], now, lease)
+        present = await self._stored_keys([batch[k] for k in claimed])
+        new = fresh + [k for k in claimed if k not in present]
+        if new:
+            with self._op("observations"):
+                await self._observations.insert_many(
+                    [self._layout.document(batch[k]) for k in new], ordered=False
+                )
+        await self._commit_keys(fresh + claimed, lease)
+        return len(new), busy
+
+    async def _log_keys(self, keys: list[str], lease: int) -> set[int]:
+        """Log `keys` as pending under this store's lease; the positions already logged."""
+        docs = [
+            {"_id": key, "state": PENDING, "owner": self._writer, "lease_until": lease}
+            for key in keys
+        ]
+        with self._op("observation keys"):
+            try:
+                await self._observation_keys.insert_many(docs, ordered=False)
+            except BulkWriteError as exc:
+                return _duplicates_only(exc, "observation keys")
+        return set()
+
+    async def _claim_keys(
+        self, keys: list[str], now: int, lease: int
+    ) -> tuple[list[str], set[str]]:
+        """Of keys already logged, those this store now holds (the pending ones it may
+        take over), and those another writer holds; the committed ones are neither."""
+        if not keys:
+            return [], set()
+        with self._op("observation keys"):
+            cursor = self._observation_keys.find({"_id": {"$in": keys}})
+            entries = {entry["_id"]: entry for entry in await cursor.to_list()}
+        claimed: list[str] = []
+        busy: set[str] = set()
+        for key in keys:
+            entry = entries.get(key)
+            if entry is not None and entry["state"] == COMMITTED:
+                continue
+            if entry is None or (entry["owner"] != self._writer and entry["lease_until"] > now):
+                busy.add(key)
+                continue
+            with self._op("observation keys"):
+                result = await self._observation_keys.update_one(
+                    {
+                        "_id": key,
+                        "state": PENDING,
+                        "owner": entry["owner"],
+                        "lease_until": entry["lease_until"],
+                    },
+                    {"$set": {"owner": self._writer, "lease_until": lease}},
+                )
+            if result.matched_count:
+                claimed.append(key)
+            else:
+                busy.add(key)  # committed or claimed by someone else since we read it
+        taken_over = sum(1 for key in claimed if entries[key]["owner"] != self._writer)
+        if taken_over:
+            log.warning("observations: took over %d pending keys of a stopped writer", taken_over)
+        return claimed, busy
+
+    async def _stored_keys(self, observations: list[Observation]) -> set[str]:
+        """The keys of these observations that `observations` already holds."""
+        if not observations:
+            return set()
+        path = self._layout.path
+        query: Document = {
+            "$or": [
+                {path("device_id"): o.device_id, path("code"): o.code, "taken_at": o.taken_at}
+                for o in observations
+            ]
+        }
+        with self._op("observations"):
+            docs = await self._observations.find(query).to_list()
+        return {_key(self._layout.observation(doc)) for doc in docs}
+
+    async def _commit_keys(self, keys: list[str], lease: int) -> None:
+        """Mark committed the keys whose readings this call stored or found."""
+        if not keys:
+            return
+        with self._op("observation keys"):
+            result = await self._observation_keys.update_many(
+                {
+                    "_id": {"$in": keys},
+                    "state": PENDING,
+                    "owner": self._writer,
+                    "lease_until": lease,
+                },
+                {"$set": {"state": COMMITTED}},
+            )
+        lost = len(keys) - result.matched_count
+        if lost:
+            # another writer took them over after our lease ran out; it commits them
+            raise StoreUnavailable(f"observations: lost the lease on {lost} keys; retry the batch")
 
     async def observations(
         self,
@@ -614,9 +993,10 @@ class MongoStore:
     ) -> list[Observation]:
         if limit is not None and limit <= 0:
             return []  # a MongoDB limit of 0 would mean "no limit"
-        query: Document = {"patient_id": patient_id}
+        path = self._layout.path
+        query: Document = {path("patient_id"): patient_id}
         if code is not None:
-            query["code"] = code
+            query[path("code")] = code
         taken_at: Document = {}
         if since is not None:
             taken_at["$gte"] = since
@@ -625,24 +1005,35 @@ class MongoStore:
         if taken_at:
             query["taken_at"] = taken_at
         direction = DESCENDING if newest_first else ASCENDING
-        sort = [("taken_at", direction), ("device_id", direction), ("code", direction)]
+        sort = [
+            ("taken_at", direction),
+            (path("device_id"), direction),
+            (path("code"), direction),
+        ]
         with self._op(f"observations of patient {patient_id}"):
             cursor = self._observations.find(query, sort=sort, limit=limit or 0)
             docs = await cursor.to_list()
-        return [self._observation(d) for d in docs]
+        return [self._layout.observation(d) for d in docs]
 
     async def latest_observations(self, patient_id: str) -> list[Observation]:
+        path = self._layout.path
         pipeline: list[Document] = [
-            {"$match": {"patient_id": patient_id}},
+            {"$match": {path("patient_id"): patient_id}},
             # the index read backwards: each code's newest reading comes first
-            {"$sort": {"code": DESCENDING, "taken_at": DESCENDING, "device_id": DESCENDING}},
-            {"$group": {"_id": "$code", "latest": {"$first": "$$ROOT"}}},
+            {
+                "$sort": {
+                    path("code"): DESCENDING,
+                    "taken_at": DESCENDING,
+                    path("device_id"): DESCENDING,
+                }
+            },
+            {"$group": {"_id": f"${path('code')}", "latest": {"$first": "$$ROOT"}}},
             {"$sort": {"_id": ASCENDING}},
         ]
         with self._op(f"latest observations of patient {patient_id}"):
             cursor = await self._observations.aggregate(pipeline)
             docs = await cursor.to_list()
-        return [self._observation(d["latest"]) for d in docs]
+        return [self._layout.observation(d["latest"]) for d in docs]
 
     # device presence --------------------------------------------------------
     @staticmethod
@@ -1000,3 +1391,62 @@ class MongoStore:
                 if doc is None:
                     return
                 yield self._audit_record(doc)
+
+    # visits ----------------------------------------------------------------------
+    @staticmethod
+    def _visit_doc(visit: Visit) -> Document:
+        return {
+            "_id": visit.id,
+            "patient_id": visit.patient_id,
+            "clinician_id": visit.clinician_id,
+            "state": visit.state.value,
+            "scheduled_at": visit.scheduled_at,
+            "link_hash": visit.link_hash,
+            "version": visit.version,
+            "doc": visit_to_doc(visit),
+        }
+
+    async def add_visit(self, visit: Visit) -> None:
+        with self._op(f"visit {visit.id}"):
+            await self._visits.insert_one(self._visit_doc(visit))
+
+    async def get_visit(self, visit_id: str) -> Visit | None:
+        with self._op(f"visit {visit_id}"):
+            doc = await self._visits.find_one({"_id": visit_id})
+        return visit_from_doc(doc["doc"]) if doc else None
+
+    async def find_visit_by_link(self, link_hash: str) -> Visit | None:
+        with self._op("visit by link"):
+            doc = await self._visits.find_one({"link_hash": link_hash})
+        return visit_from_doc(doc["doc"]) if doc else None
+
+    async def replace_visit(self, visit: Visit) -> bool:
+        try:
+            with self._op(f"visit {visit.id}"):
+                result = await self._visits.replace_one(
+                    {"_id": visit.id, "version": visit.version - 1}, self._visit_doc(visit)
+                )
+        except Conflict:  # the new link's hash is taken: never, for a 256-bit token
+            return False
+        return result.modified_count == 1
+
+    async def list_visits(
+        self,
+        *,
+        clinician_id: str | None = None,
+        patient_id: str | None = None,
+        states: Collection[VisitState] | None = None,
+    ) -> list[Visit]:
+        query: Document = {}
+        if clinician_id is not None:
+            query["clinician_id"] = clinician_id
+        if patient_id is not None:
+            query["patient_id"] = patient_id
+        if states is not None:
+            query["state"] = {"$in": [s.value for s in states]}
+        with self._op("visits"):
+            cursor = self._visits.find(
+                query, sort=[("scheduled_at", ASCENDING), ("_id", ASCENDING)]
+            )
+            docs = await cursor.to_list()
+        return [visit_from_doc(d["doc"]) for d in docs]

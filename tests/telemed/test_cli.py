@@ -607,3 +607,51 @@ def test_demo_seed_prints_five_logins_once(cli: Cli, env: dict[str, str]) -> Non
     assert "empty" in again.err
     assert saved.read_text(encoding="utf-8").rstrip() == seeded.out.rstrip()
     assert user_count(env) == 5
+
+
+# visits -----------------------------------------------------------------------------
+def test_visit_create_prints_the_join_link_once_and_the_visit_is_listed(cli: Cli) -> None:
+    doctor = add_user(cli, "doctor", "doc@example.org")
+    patient = add_user(cli, "patient", "pat@example.org")
+    assert cli("care-team", "add", "--patient", patient, "--clinician", doctor).code == 0
+
+    made = cli(
+        "visit", "create", "--patient", patient, "--doctor", doctor,
+        "--at", "2030-01-02T09:30+01:00", "--json",
+    )  # fmt: skip
+    assert made.code == 0, made.err
+    visit = made.json()
+    assert visit["state"] == "scheduled"
+    assert visit["scheduled_at"] == "2030-01-02T08:30:00.000Z"
+    assert re.fullmatch(r"http://127\.0\.0\.1:8080/v/[A-Za-z0-9_-]{43}", visit["join_url"])
+
+    listed = cli("visit", "list", "--patient", patient, "--json").json()["visits"]
+    assert [v["visit_id"] for v in listed] == [visit["visit_id"]]
+    assert "join_url" not in listed[0]
+
+    relinked = cli("visit", "link", visit["visit_id"], "--json").json()
+    assert relinked["join_url"] != visit["join_url"]
+    cancelled = cli("visit", "cancel", visit["visit_id"], "--json").json()
+    assert cancelled["state"] == "cancelled"
+    human = cli("visit", "list", "--doctor", doctor)
+    assert f"{visit['visit_id']}  cancelled" in human.out
+
+
+def test_visit_create_refuses_what_is_wrong_and_names_it(cli: Cli) -> None:
+    doctor = add_user(cli, "doctor", "doc@example.org")
+    patient = add_user(cli, "patient", "pat@example.org")
+    cases = [
+        (("--patient", patient, "--doctor", doctor), "doctor: is not on the patient's care team"),
+        (("--patient", "nobody", "--doctor", doctor), "patient: no patient has id nobody"),
+        (("--patient", patient, "--doctor", doctor, "--at", "noon"), "--at: not a time"),
+        (
+            ("--patient", patient, "--doctor", doctor, "--at", "2030-01-02T09:30"),
+            "--at: give the time zone too",
+        ),
+    ]
+    for args, expected in cases:
+        done = cli("visit", "create", *args)
+        assert done.code == 2, done
+        assert expected in done.err, done.err
+    assert cli("visit", "cancel", "nosuchvisit").code == 2
+    assert cli("visit", "list", "--json").json() == {"visits": []}

@@ -2,8 +2,10 @@
 
 `backend` is parametrized: SQLite (a file under the test's tmp_path), the MongoDB adapter
 against nx-27017 (a MongoDB wire-protocol server started once per session on a free
-loopback port), and the MongoDB adapter against a real MongoDB when
-`TELEMED_TEST_MONGODB_URI` is set. Every test gets a fresh database, dropped afterwards.
+loopback port), the same with the time-series code path (the key log, no unique index)
+over the plain collection nx-27017 makes, and the MongoDB adapter against a real MongoDB
+when `TELEMED_TEST_MONGODB_URI` is set. Every test gets a fresh database, dropped
+afterwards.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pymongo import AsyncMongoClient
 
 from telemed.settings import StoreSettings
 from telemed.store import Store, open_store
+from telemed.store.mongo import MongoStore, ObservationLayout
 from tests.conftest import free_port
 
 MONGODB_URI_ENV = "TELEMED_TEST_MONGODB_URI"
@@ -31,6 +34,7 @@ NX_START_TIMEOUT = 15.0  # seconds
 NX_START_ATTEMPTS = 3  # a free port can be taken by someone else before nx binds it
 NX_STOP_TIMEOUT = 10.0
 NX = "nx"
+NX_KEY_LOG = "nx-key-log"  # a backend named NX, storing observations through the key log
 MONGODB = "mongodb"
 SQLITE = "sqlite"
 
@@ -129,7 +133,19 @@ class Backend:
             await self._open.pop().close()
 
 
-def _mongo_backend(name: str, uri: str) -> tuple[Backend, Callable[[], Awaitable[None]]]:
+async def _open_key_log(uri: str, database: str) -> Store:
+    """The time-series code path over whatever collection the server makes."""
+    return await MongoStore.open(
+        uri,
+        database,
+        observation_layout=ObservationLayout.TIMESERIES,
+        timeseries_over_plain=True,
+    )
+
+
+def _mongo_backend(
+    name: str, uri: str, *, key_log: bool = False
+) -> tuple[Backend, Callable[[], Awaitable[None]]]:
     database = f"telemed_test_{uuid.uuid4().hex}"
     settings = StoreSettings(url=uri, database=database)
 
@@ -142,6 +158,8 @@ def _mongo_backend(name: str, uri: str) -> tuple[Backend, Callable[[], Awaitable
         finally:
             await client.close()
 
+    if key_log:
+        return Backend(name, lambda: _open_key_log(uri, database)), drop
     return Backend(name, lambda: open_store(settings)), drop
 
 
@@ -149,6 +167,7 @@ def _mongo_backend(name: str, uri: str) -> tuple[Backend, Callable[[], Awaitable
     params=[
         SQLITE,
         pytest.param(NX, marks=pytest.mark.mongo),
+        pytest.param(NX_KEY_LOG, marks=pytest.mark.mongo),
         pytest.param(MONGODB, marks=pytest.mark.mongo),
     ]
 )
@@ -160,6 +179,9 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         backend = Backend(name, lambda: open_store(settings))
     elif name == NX:
         backend, drop = _mongo_backend(name, request.getfixturevalue("nx_uri"))
+    elif name == NX_KEY_LOG:
+        # named NX: the contract's nx-27017 exceptions apply to it as well
+        backend, drop = _mongo_backend(NX, request.getfixturevalue("nx_uri"), key_log=True)
     else:
         uri = os.environ.get(MONGODB_URI_ENV, "")
         if not uri:
