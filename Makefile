@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 VENDOR := static/vendor/.installed
 
-.PHONY: run test lint typecheck pytest system-deps system-deps-test bench clean
+.PHONY: run test lint typecheck pytest system-deps system-deps-test bench clean translations
 
 run: $(STAMP) $(VENDOR) system-deps
 	$(BIN)/telemed serve
@@ -47,12 +47,28 @@ $(VENDOR): package.json package-lock.json
 	cp node_modules/uplot/dist/uPlot.iife.min.js node_modules/uplot/dist/uPlot.min.css static/vendor/
 	@touch $@
 
+# The patient pages' translations (babel.cfg, telemed/i18n.py): extract the messages
+# into telemed/locale/messages.pot, merge them into each language's .po (then translate
+# the new and fuzzy entries there), and compile each .po as a check. The server compiles
+# the .po files in memory at start-up: there is no .mo file to build or commit.
+# A new language: $(BIN)/pybabel init -D messages -i telemed/locale/messages.pot -d telemed/locale -l LANG
+LOCALE := telemed/locale
+translations: $(STAMP)
+	$(BIN)/pybabel extract -F babel.cfg --no-location --sort-output --project=telemed \
+		--copyright-holder="telemed contributors" -o $(LOCALE)/messages.pot .
+	$(BIN)/pybabel update -D messages -i $(LOCALE)/messages.pot -d $(LOCALE) --ignore-obsolete
+	@for po in $(LOCALE)/*/LC_MESSAGES/messages.po; do \
+		lang=$$(basename $$(dirname $$(dirname $$po))); \
+		$(BIN)/pybabel compile --statistics -D messages -l $$lang -i $$po -o /dev/null || exit 1; \
+	done
+
 # Debian packages: installed when running as root, otherwise a clear message.
 system-deps:
 	@sh scripts/system-deps.sh mosquitto
 
 system-deps-test:
 	@sh scripts/system-deps.sh chromium
+	@sh scripts/system-deps.sh redis
 
 bench: $(TEST_STAMP)
 	@for b in bench/*.py; do [ -e "$$b" ] && $(BIN)/python "$$b"; done; true

@@ -1,11 +1,12 @@
 #!/bin/sh
 # Make sure a system program the server or its tests need is installed.
-# Usage: system-deps.sh mosquitto|chromium
+# Usage: system-deps.sh mosquitto|chromium|redis|npm
 set -eu
 what=$1
 case "$what" in
   mosquitto) binary=mosquitto; package=mosquitto; why="the embedded MQTT broker" ;;
   chromium) binary=chromium; package=chromium; why="the browser tests" ;;
+  redis) binary=redis-server; package=redis-server; why="the multi-process signaling tests" ;;
   npm) binary=npm; package=npm; why="installing the browser libraries (static/vendor)" ;;
   *) echo "system-deps.sh: unknown dependency $what" >&2; exit 2 ;;
 esac

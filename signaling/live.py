@@ -41,32 +41,18 @@ def room(patient_id: str) -> str:
 class LiveHub:
     """A `telemed.live.LiveFeed` that emits to the care team's open dashboards."""
 
-    def __init__(self, app: web.Application, store: Callable[[], Store]) -> None:
-        """Attach to `app` now (routes must exist before it starts); `store` is looked up
-        when needed, since it opens only when the app starts."""
+    def __init__(
+        self, app: web.Application, sio: socketio.AsyncServer, store: Callable[[], Store]
+    ) -> None:
+        """Handle the default namespace of `sio` (a `signaling.server.SignalingServer`'s);
+        `store` is looked up when needed, since it opens only when the app starts."""
         self.app = app
         self._store = store
-        self.sio = socketio.AsyncServer(async_mode="aiohttp", logger=False, engineio_logger=False)
+        self.sio = sio
         self.sio.on("connect", self._connect)
         self.sio.on("disconnect", self._disconnect)
-        self.sio.attach(app)
         self._users: dict[str, str] = {}  # sid -> user id
         self._task: asyncio.Task[None] | None = None
-        self._own_engineio_tasks()
-
-    def _own_engineio_tasks(self) -> None:
-        """Engine.IO starts per-socket tasks (pings, writers) and forgets them; keep a
-        reference to each, so that stopping cancels and awaits what is left."""
-        self._background: set[asyncio.Task[Any]] = set()
-        start = self.sio.eio.start_background_task
-
-        def owned(target: Any, *args: Any, **kwargs: Any) -> asyncio.Task[Any]:
-            task: asyncio.Task[Any] = start(target, *args, **kwargs)
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-            return task
-
-        self.sio.eio.start_background_task = owned
 
     @property
     def store(self) -> Store:
@@ -80,12 +66,7 @@ class LiveHub:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for sid in list(self._users):
-            await self.sio.disconnect(sid)
-        await self.sio.shutdown()
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        # the server disconnects the clients and stops the engine (`SignalingServer.stop`)
 
     # connections ------------------------------------------------------------------
     async def _connect(self, sid: str, environ: dict[str, Any], auth: object = None) -> None:

@@ -1,0 +1,569 @@
+"""The `/visit` Socket.IO namespace: the waiting room, the doctor's queue, and the WebRTC
+offer/answer/ICE exchange of a video visit, as docs/visit-protocol.md specifies.
+
+- A patient connects with the `telemed_visit` cookie (`{visit_id}.{pass}`) of an open
+  visit; a clinician with a signed-in clinician session. Anything else is refused.
+- Rooms: `visit:{id}` (the patient's sockets), `clinician:{user_id}` (every dashboard of
+  that clinician), `call:{id}` (who is in the call now). Every move of a visit goes
+  through `Reception` (audited, compare-and-set), then the patient gets `visit` and the
+  visit's clinician gets `queue`.
+- Every event is checked strictly (`signaling.events`) and answered through its ack:
+  `{"ok": true, ...}` or `{"ok": false, "error": "..."}`. A refused event changes nothing.
+- Per connection: a token bucket (`signaling.events_per_second`, `event_burst`); a
+  connection that keeps going past it is disconnected.
+- python-socketio runs each event in its own task: the connection's lock is the first
+  thing a handler awaits, so a sender's events are handled, and relayed, in the order
+  they came (an offer before its ICE candidates), in this process and through Redis.
+- Who is connected and who sits in a call, across processes, is the `Roster`'s.
+- Nothing of a signal, a chat line or a quality sample is logged; chat is never stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from http.cookies import CookieError, SimpleCookie
+from typing import Any
+
+import socketio
+from aiohttp import web
+
+from signaling.bucket import Limiter
+from signaling.events import (
+    EventRefused,
+    parse_chat,
+    parse_join_call,
+    parse_media,
+    parse_precheck,
+    parse_quality,
+    parse_signal,
+    parse_visit_ref,
+    payload,
+)
+from signaling.roster import Roster
+from telemed import sessions
+from telemed.accounts import User
+from telemed.api_json import observation_json, optional_iso, precheck_json
+from telemed.clinic import Actor
+from telemed.clock import iso
+from telemed.errors import Forbidden, NotFound, StoreUnavailable, ValidationError
+from telemed.reception import LinkRefused, Reception
+from telemed.settings import Settings
+from telemed.store import Store
+from telemed.turn import ice_servers
+from telemed.visits import (
+    VISIT_COOKIE,
+    PreCheck,
+    QualitySample,
+    Recommendation,
+    Visit,
+    VisitState,
+    parse_visit_cookie,
+)
+from telemed.web.keys import CLOCK, MONITOR, RECEPTION, STORE
+from telemed.web.middleware import session_user, source_address
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "/visit"
+PATIENT = "patient"
+CLINICIAN = "clinician"
+QUALITY_EVERY_SECONDS = 10.0  # at most one stored quality sample per side
+
+
+def visit_room(visit_id: str) -> str:
+    return f"visit:{visit_id}"
+
+
+def clinician_room(user_id: str) -> str:
+    return f"clinician:{user_id}"
+
+
+def call_room(visit_id: str) -> str:
+    return f"call:{visit_id}"
+
+
+@dataclass(slots=True, eq=False)
+class Peer:
+    """One connection to the namespace, and what it is allowed to do."""
+
+    sid: str
+    role: str  # PATIENT or CLINICIAN
+    user_id: str  # the clinician, or the visit's patient
+    source: str  # client address, for the audit log
+    limiter: Limiter
+    visit_id: str = ""  # a patient's visit
+    held_pass: str = ""  # a patient's pass (checked again before each move)
+    clinician_id: str = ""  # a patient's visit's clinician (whose queue shows them)
+    seats: set[str] = field(default_factory=set)  # visits whose call this socket sat in
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+Handler = Callable[[Peer, Mapping[str, Any]], Awaitable[dict[str, Any]]]
+
+
+def refusal(error: str) -> dict[str, Any]:
+    return {"ok": False, "error": error}
+
+
+class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
+    def __init__(self, app: web.Application, settings: Settings, roster: Roster) -> None:
+        """Register with the server (`sio.register_namespace`) before the app starts;
+        the store and `Reception` are looked up when needed, since they open at start."""
+        super().__init__(NAMESPACE)
+        self.app = app
+        self.roster = roster
+        self.limits = settings.signaling
+        self.webrtc = settings.webrtc
+        v = settings.visits
+        self.media = {
+            "low_bandwidth_kbps": v.low_bandwidth_kbps,
+            "low_bandwidth_height": v.low_bandwidth_height,
+            "audio_only_below_kbps": v.audio_only_below_kbps,
+        }
+        self.ticks: Callable[[], float] = time.monotonic  # rate limits (tests replace it)
+        self._peers: dict[str, Peer] = {}
+        self._queue_locks: dict[str, asyncio.Lock] = {}
+        self._quality_kept: dict[tuple[str, str], float] = {}
+        self._handlers: dict[str, tuple[str | None, Handler]] = {
+            "precheck": (PATIENT, self._precheck),
+            "join_call": (PATIENT, self._join_call),
+            "open": (CLINICIAN, self._open),
+            "admit": (CLINICIAN, self._admit),
+            "send_back": (CLINICIAN, self._send_back),
+            "end": (CLINICIAN, self._end),
+            "signal": (None, self._signal),
+            "chat": (None, self._chat),
+            "media": (None, self._media),
+            "quality": (None, self._quality),
+        }
+
+    @property
+    def reception(self) -> Reception:
+        return self.app[RECEPTION]
+
+    @property
+    def store(self) -> Store:
+        return self.app[STORE]
+
+    def connected(self) -> int:
+        """Connections of this process."""
+        return len(self._peers)
+
+    # dispatch ---------------------------------------------------------------------
+    async def trigger_event(self, event: Any, *args: Any) -> Any:
+        if event == "connect":
+            return await self._connect(*args)
+        if event == "disconnect":
+            return await self._disconnect(args[0])
+        sid, data = args[0], args[1:]
+        peer = self._peers.get(sid)
+        if peer is None:
+            return refusal("not connected")
+        verdict = peer.limiter.check(self.ticks())
+        if verdict is None:
+            log.info("visit: disconnecting sid=%s: too many events", sid)
+            await self.disconnect(sid)
+            return refusal("rate limited")
+        if not verdict:
+            return refusal("rate limited")
+        async with peer.lock:  # the first await of every event: a sender's order holds
+            if peer.sid not in self._peers:
+                return refusal("not connected")
+            return await self._handle(peer, event, data)
+
+    async def _handle(self, peer: Peer, event: Any, data: tuple[Any, ...]) -> dict[str, Any]:
+        entry = self._handlers.get(event) if isinstance(event, str) else None
+        if entry is None:
+            return refusal("unknown event")
+        role, handler = entry
+        if role is not None and role != peer.role:
+            return refusal(f"{event}: not for a {peer.role}")
+        try:
+            return await handler(peer, payload(data))
+        except EventRefused as exc:
+            return refusal(str(exc))
+        except (ValidationError, Forbidden, NotFound, LinkRefused) as exc:
+            return refusal(str(exc))
+        except StoreUnavailable:
+            log.warning("visit: event %s of sid=%s: store unavailable", event, peer.sid)
+            return refusal("the server could not save this; try again")
+        except Exception:
+            log.exception("visit: event %s of sid=%s failed", event, peer.sid)
+            return refusal("the server failed; try again")
+
+    # connections ------------------------------------------------------------------
+    async def _connect(self, sid: str, environ: dict[str, Any], auth: object = None) -> None:
+        try:
+            await self._admit_connection(sid, environ)
+        except StoreUnavailable:
+            log.warning("visit: connection sid=%s refused: store unavailable", sid)
+            raise socketio.exceptions.ConnectionRefusedError(
+                "the server is busy; try again in a moment"
+            ) from None
+
+    async def _admit_connection(self, sid: str, environ: dict[str, Any]) -> None:
+        cookies = SimpleCookie()
+        try:
+            cookies.load(environ.get("HTTP_COOKIE", ""))
+        except CookieError:
+            raise socketio.exceptions.ConnectionRefusedError("unreadable cookies") from None
+        request = environ.get("aiohttp.request")
+        source = source_address(request) if request is not None else "unknown"
+        limiter = Limiter.of(self.limits.events_per_second, self.limits.event_burst, self.ticks())
+        visit_cookie = cookies.get(VISIT_COOKIE)
+        if visit_cookie is not None:
+            peer = await self._connect_patient(sid, visit_cookie.value, source, limiter)
+        else:
+            session = cookies.get(sessions.COOKIE)
+            _, user = await session_user(self.app, session.value if session else None)
+            if user is None or not user.role.is_clinician:
+                raise socketio.exceptions.ConnectionRefusedError(
+                    "open the visit link again, or sign in as a clinician"
+                )
+            peer = Peer(sid, CLINICIAN, user.id, source, limiter)
+            await self.enter_room(sid, clinician_room(user.id))
+        self._peers[sid] = peer
+        # the first `visit` or `queue` must follow the CONNECT packet, sent on return
+        self.server.start_background_task(self._welcome, peer)
+        log.info("visit: %s connected sid=%s", peer.role, sid)
+
+    async def _connect_patient(self, sid: str, value: str, source: str, limiter: Limiter) -> Peer:
+        parsed = parse_visit_cookie(value)
+        if parsed is None:
+            raise socketio.exceptions.ConnectionRefusedError(
+                "This visit link is no longer valid on this device."
+            )
+        visit_id, held_pass = parsed
+        try:
+            visit = await self.reception.visit_for_pass(visit_id, held_pass)
+        except LinkRefused as exc:
+            raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
+        visit = await self.reception.arrive(visit, source)
+        peer = Peer(
+            sid,
+            PATIENT,
+            visit.patient_id,
+            source,
+            limiter,
+            visit_id=visit.id,
+            held_pass=held_pass,
+            clinician_id=visit.clinician_id,
+        )
+        await self.enter_room(sid, visit_room(visit.id))
+        await self.roster.join_visit(visit.id, sid)
+        if not visit.patient_online:
+            await self.reception.set_patient_online(visit.id, True)
+        return peer
+
+    async def _welcome(self, peer: Peer) -> None:
+        try:
+            async with peer.lock:
+                if peer.role == PATIENT:
+                    await self._publish(peer.clinician_id, changed=peer.visit_id)
+                else:
+                    await self._send_queue(peer.user_id, to=peer.sid)
+        except Exception:
+            log.exception("visit: welcome of sid=%s failed", peer.sid)
+
+    async def _disconnect(self, sid: str) -> None:
+        peer = self._peers.pop(sid, None)
+        if peer is None:
+            return
+        try:
+            async with peer.lock:
+                for visit_id in sorted(peer.seats):
+                    await self._leave_seat(peer, visit_id)
+                if peer.role == PATIENT:
+                    left = await self.roster.leave_visit(peer.visit_id, sid)
+                    if left == 0:
+                        await self.reception.set_patient_online(peer.visit_id, False)
+                        await self._publish(peer.clinician_id, changed=peer.visit_id)
+        except Exception:
+            log.exception("visit: disconnect of sid=%s not fully handled", sid)
+        log.info("visit: %s disconnected sid=%s", peer.role, sid)
+
+    async def _leave_seat(self, peer: Peer, visit_id: str) -> None:
+        peer.seats.discard(visit_id)
+        if await self.roster.leave_seat(visit_id, peer.role, peer.sid):
+            await self.emit(
+                "peer",
+                {"visit_id": visit_id, "present": False, "role": peer.role, "sid": peer.sid},
+                room=call_room(visit_id),
+                skip_sid=peer.sid,
+            )
+
+    # the patient --------------------------------------------------------------------
+    async def _patient_visit(self, peer: Peer, named: str | None) -> Visit:
+        """The patient's visit, its pass checked again (a reissued link kills it)."""
+        if named is not None and named != peer.visit_id:
+            raise EventRefused("visit_id: not your visit")
+        return await self.reception.visit_for_pass(peer.visit_id, peer.held_pass)
+
+    async def _precheck(self, peer: Peer, data: Mapping[str, Any]) -> dict[str, Any]:
+        named, report = parse_precheck(data)
+        visit = await self._patient_visit(peer, named)
+        precheck = PreCheck(
+            camera=report.camera,
+            microphone=report.microphone,
+            rtt_ms=report.rtt_ms,
+            upload_kbps=report.upload_kbps,
+            recommendation=Recommendation(report.recommendation),
+            at=self.app[CLOCK](),
+        )
+        await self.reception.record_precheck(visit, precheck, peer.source)
+        await self._publish(peer.clinician_id, changed=visit.id)
+        return {"ok": True}
+
+    async def _join_call(self, peer: Peer, data: Mapping[str, Any]) -> dict[str, Any]:
+        visit = await self._patient_visit(peer, parse_join_call(data))
+        if visit.state is not VisitState.IN_CALL:
+            return refusal(f"the visit is {visit.state.value}: wait to be admitted")
+        return await self._sit(peer, visit.id)
+
+    # the clinician ------------------------------------------------------------------
+    async def _actor(self, peer: Peer) -> Actor:
+        """The clinician as they are now (deactivated or no longer a clinician: out)."""
+        user: User | None = await self.store.get_user(peer.user_id)
+        if user is None or not user.active or not user.role.is_clinician:
+            self.server.start_background_task(self.disconnect, peer.sid)
+            raise Forbidden("your account can no longer do this")
+        return Actor.of(user, peer.source)
+
+    async def _open(self, peer: Peer, data: Mapping[str, Any]) -> dict[str, Any]:
+        visit_id = parse_visit_ref(data)
+        visit = await self.reception.visit_for_clinician(
+            await self._actor(peer), visit_id, "visit.open"
+        )
+        if visit.state is not VisitState.IN_CALL:
+            return refusal(f"the visit is {visit.state.value}, not in a call")
+        return await self._sit(peer, visit.id)
+
+    async def _admit(self, peer: Peer, data: Mapping[str, Any]) -> dict[str, Any]:
+        visit = await self.reception.admit(await self._actor(peer), parse_visit_ref(data))
+        answer = await self._sit(peer, visit.id)
+        await self._publish(visit.clinician_id, changed=visit.id, places=True)
+        return answer
+
+    async def _send_back(self, peer: Peer, data: Mapping[str, Any]) -> dict[str, Any]:
+        visit = await self.reception.send_back(await self._actor(peer), parse_visit_ref(data))
+        await self._close_call(visit.id, "sent_back")
+        await self._publish(visit.clinician_id, changed=visit.id, places=True)
+        return {"ok": True, "visit_id": visit.id, "state": visit.state.value}
+
+    async def _end(self, peer: Peer, data: Mapping[str, Any]) -> dict[str, Any]:
+        visit = await self.reception.end(await self._actor(peer), parse_visit_ref(data))
+        await self._close_call(visit.id, "ended")
+        await self._publish(visit.clinician_id, changed=visit.id, places=True)
+        for sid in await self.roster.visit_sids(visit.id):  # in every process
+            await self.disconnect(sid)
+        await self.roster.forget_visit(visit.id)
+        return {"ok": True, "visit_id": visit.id, "state": visit.state.value}
+
+    # the call -----------------------------------------------------------------------
+    async def _sit(self, peer: Peer, visit_id: str) -> dict[str, Any]:
+        """Enter the call room, tell the other side, answer with the `call` payload."""
+        room = call_room(visit_id)
+        await self.enter_room(peer.sid, room)
+        others = await self.roster.take_seat(visit_id, peer.role, peer.sid)
+        peer.seats.add(visit_id)
+        current = await self.store.get_visit(visit_id)
+        if current is None or current.state is not VisitState.IN_CALL:  # moved meanwhile
+            await self.leave_room(peer.sid, room)
+            await self._leave_seat(peer, visit_id)
+            return refusal("the call is over")
+        await self.emit(
+            "peer",
+            {"visit_id": visit_id, "present": True, "role": peer.role, "sid": peer.sid},
+            room=room,
+            skip_sid=peer.sid,
+        )
+        other_role = CLINICIAN if peer.role == PATIENT else PATIENT
+        other = others.get(other_role)
+        call = {
+            "visit_id": visit_id,
+            "role": peer.role,
+            "polite": peer.role == PATIENT,
+            "ice_servers": ice_servers(self.webrtc, f"{visit_id}-{peer.role}", self.app[CLOCK]()),
+            "media": self.media,
+            "peer": None if other is None else {"role": other_role, "sid": other},
+        }
+        await self.emit("call", call, to=peer.sid)
+        return {"ok": True, **call}
+
+    async def _close_call(self, visit_id: str, reason: str) -> None:
+        room = call_room(visit_id)
+        await self.emit("call_over", {"visit_id": visit_id, "reason": reason}, room=room)
+        await self.roster.clear_call(visit_id)
+        await self.close_room(room)  # in every process, through the Redis manager
+        for side in (PATIENT, CLINICIAN):
+            self._quality_kept.pop((visit_id, side), None)
+
+    def _in_call(self, peer: Peer, named: str | None) -> str:
+        """The visit whose call the event is for; the sender must sit in it."""
+        if peer.role == PATIENT:
+            if named is not None and named != peer.visit_id:
+                raise EventRefused("visit_id: not your visit")
+            visit_id = peer.visit_id
+        else:
+            assert named is not None
+            visit_id = named
+        if not self._in_room(peer.sid, call_room(visit_id)):
+            raise EventRefused("not in this visit's call")
+        return visit_id
+
+    def _in_room(self, sid: str, room: str) -> bool:
+        """Whether `sid` is in `room` now (in this process: the sender's own socket). Not
+        `self.rooms(sid)`: python-socketio walks every room of the namespace for that (60%
+        of a loaded server's time, measured); nor `get_participants`, which copies the
+        room into a new dict and walks it through two generators for every event. The
+        manager's table (`rooms[namespace][room]`: sid -> engine sid, the same table for
+        the Redis manager, whose rooms hold this process's sockets) answers in one look-up."""
+        members = self.server.manager.rooms.get(NAMESPACE, {}).get(room)
+        return members is not None and sid in members
+
+    async def _relay(self, peer: Peer, event: str, visit_id: str, body: dict[str, Any]) -> None:
+        await self.emit(
+            event,
+            {"visit_id": visit_id, "from": peer.role, **body},
+            room=call_room(visit_id),
+            skip_sid=peer.sid,
+        )
+
+    async def _signal(self, peer: Peer, data: Mapping[str, Any]) -> dict[str, Any]:
+        signal = parse_signal(data, visit_required=peer.role == CLINICIAN)
+        await self._relay(peer, "signal", self._in_call(peer, signal.visit_id), signal.body)
+        return {"ok": True}
+
+    async def _chat(self, peer: Peer, data: Mapping[str, Any]) -> dict[str, Any]:
+        chat = parse_chat(data, visit_required=peer.role == CLINICIAN)
+        visit_id = self._in_call(peer, chat.visit_id)
+        at = iso(self.app[CLOCK]())
+        await self._relay(peer, "chat", visit_id, {"text": chat.text, "at": at})
+        return {"ok": True, "at": at}
+
+    async def _media(self, peer: Peer, data: Mapping[str, Any]) -> dict[str, Any]:
+        media = parse_media(data, visit_required=peer.role == CLINICIAN)
+        visit_id = self._in_call(peer, media.visit_id)
+        await self._relay(peer, "media", visit_id, {"audio_only": media.audio_only})
+        return {"ok": True}
+
+    async def _quality(self, peer: Peer, data: Mapping[str, Any]) -> dict[str, Any]:
+        q = parse_quality(data, visit_required=peer.role == CLINICIAN)
+        visit_id = self._in_call(peer, q.visit_id)
+        await self._relay(
+            peer,
+            "quality",
+            visit_id,
+            {
+                "rtt_ms": q.rtt_ms,
+                "loss_pct": q.loss_pct,
+                "kbps_in": q.kbps_in,
+                "kbps_out": q.kbps_out,
+                "audio_only": q.audio_only,
+            },
+        )
+        now, key = self.ticks(), (visit_id, peer.role)
+        last = self._quality_kept.get(key)
+        if last is None or now - last >= QUALITY_EVERY_SECONDS:
+            self._quality_kept[key] = now
+            sample = QualitySample(
+                at=self.app[CLOCK](),
+                side=peer.role,
+                rtt_ms=q.rtt_ms,
+                loss_pct=q.loss_pct,
+                kbps_in=q.kbps_in,
+                kbps_out=q.kbps_out,
+                audio_only=q.audio_only,
+            )
+            await self.reception.record_quality(visit_id, sample)
+            return {"ok": True, "stored": True}
+        return {"ok": True, "stored": False}
+
+    # what the patient and the clinician see ----------------------------------------------
+    def _queue_lock(self, clinician_id: str) -> asyncio.Lock:
+        lock = self._queue_locks.get(clinician_id)
+        if lock is None:
+            lock = self._queue_locks[clinician_id] = asyncio.Lock()
+        return lock
+
+    async def _publish(self, clinician_id: str, *, changed: str, places: bool = False) -> None:
+        """After a change to visit `changed`: its patient gets `visit`, its clinician
+        gets `queue`; with `places`, every waiting patient of that clinician gets their
+        (new) place too."""
+        async with self._queue_lock(clinician_id):
+            visits = await self.reception.queue(clinician_id)
+            await self.emit(
+                "queue",
+                {"visits": [await self._entry(v) for v in visits]},
+                room=clinician_room(clinician_id),
+            )
+            message = await self.reception.waiting_message()
+            waiting = [v for v in visits if v.state is VisitState.WAITING]
+            place = {v.id: n for n, v in enumerate(waiting, start=1)}
+            tell = [v for v in visits if places or v.id == changed]
+            if not any(v.id == changed for v in visits):
+                gone = await self.store.get_visit(changed)
+                if gone is not None:
+                    tell.append(gone)
+            for visit in tell:
+                await self.emit(
+                    "visit",
+                    {
+                        "visit_id": visit.id,
+                        "state": visit.state.value,
+                        "place": place.get(visit.id, 0),
+                        "message": message,
+                        "waiting_since": optional_iso(visit.waiting_since),
+                    },
+                    room=visit_room(visit.id),
+                )
+
+    async def _news2(self, patient_id: str) -> dict[str, Any] | None:
+        """The score for the queue (the clinician's access to the patient was checked
+        and audited when the visit was booked and opened); None when unmonitored."""
+        monitor = self.app.get(MONITOR)
+        score = await monitor.current_news2(patient_id) if monitor is not None else None
+        if score is None:
+            return None
+        return {
+            "score": score["score"],
+            "band": score["risk"] or score["risk_at_least"],
+            "complete": score["complete"],
+            "label": score["label"],
+        }
+
+    async def visit_changed(self, visit: Visit, *, pass_revoked: bool = False) -> None:
+        """Tell the open pages about a change made outside the rooms (the clinic's HTTP
+        API: cancel, no-show, a new link). A visit that is over, or whose pass died with
+        a new link, loses its patient's connections, in every process."""
+        await self._publish(visit.clinician_id, changed=visit.id, places=True)
+        if visit.open and not pass_revoked:
+            return
+        for sid in await self.roster.visit_sids(visit.id):
+            await self.disconnect(sid)
+        if not visit.open:
+            await self.roster.forget_visit(visit.id)
+
+    async def _send_queue(self, clinician_id: str, *, to: str) -> None:
+        visits = await self.reception.queue(clinician_id)
+        await self.emit("queue", {"visits": [await self._entry(v) for v in visits]}, to=to)
+
+    async def _entry(self, visit: Visit) -> dict[str, Any]:
+        patient = await self.store.get_patient(visit.patient_id)
+        latest = await self.store.latest_observations(visit.patient_id)
+        return {
+            "visit_id": visit.id,
+            "patient_id": visit.patient_id,
+            "patient_name": patient.name if patient is not None else "",
+            "state": visit.state.value,
+            "waiting_since": optional_iso(visit.waiting_since),
+            "scheduled_at": iso(visit.scheduled_at),
+            "patient_online": visit.patient_online,
+            "precheck": precheck_json(visit.precheck),
+            "news2": await self._news2(visit.patient_id),
+            "latest": [observation_json(o) for o in latest],
+        }
