@@ -25,9 +25,14 @@ from devices.ingest import Ingestor, IngestSettings
 from devices.monitor import Monitor
 from devices.simulator import credentials_path, enroll_or_reuse, simulate
 from signaling.live import LiveHub
+from signaling.roster import LocalRoster, RedisRoster, Roster
+from signaling.server import SignalingServer
+from signaling.visits import VisitRooms
 from telemed.clinic import Clinic
 from telemed.clock import Clock, utcnow
 from telemed.demo import MARKER as DEMO_MARKER
+from telemed.i18n import load_catalogues
+from telemed.reception import Reception, visit_policy
 from telemed.sessions import SessionPolicy
 from telemed.settings import Settings
 from telemed.store import Store, open_store
@@ -41,10 +46,14 @@ from telemed.web import (
     monitoring_pages,
     ops,
     pages,
+    visit_pages,
+    visits_api,
     vitals_api,
 )
+from telemed.web.compression import compress_static
 from telemed.web.keys import (
     BROKER,
+    CATALOGUES,
     CLINIC,
     CLOCK,
     ENROLLMENT,
@@ -53,11 +62,14 @@ from telemed.web.keys import (
     METRICS,
     MONITOR,
     PROBES,
+    RECEPTION,
     REGISTRY,
     SESSION_POLICY,
     SETTINGS,
+    SIGNALING,
     STORE,
     THROTTLE_POLICY,
+    VISIT_ROOMS,
 )
 from telemed.web.metrics import Metrics
 from telemed.web.middleware import authenticate, csrf, observe, security_headers
@@ -67,6 +79,13 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "templates"
 STATIC = ROOT / "static"
+
+
+async def i18n_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The patient pages' catalogues, compiled from their .po files (a bad one stops
+    start-up); the messages the patient's script needs are read from the script."""
+    app[CATALOGUES] = await asyncio.to_thread(load_catalogues, scripts=[STATIC / "js/visit.js"])
+    yield
 
 
 class StoreProbe:
@@ -82,7 +101,8 @@ class StoreProbe:
 async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     app[STORE] = store = await open_store(settings.store, base_dir=str(settings.base_dir))
-    app[CLINIC] = Clinic(store, app[CLOCK])
+    app[CLINIC] = clinic = Clinic(store, app[CLOCK])
+    app[RECEPTION] = Reception(clinic, visit_policy(settings.visits))
     app[PROBES].append(StoreProbe(store))
     log.info("store open kind=%s", store.kind)
     yield
@@ -106,11 +126,27 @@ async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
         await supervisor.stop()
 
 
-async def live_ctx(app: web.Application) -> AsyncIterator[None]:
-    hub = app[LIVE]
+async def signaling_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Socket.IO: the live feed and the visit rooms. Stopping disconnects this process's
+    clients while the store is still open (their disconnect handlers write to it)."""
+    server, hub, rooms = app[SIGNALING], app[LIVE], app[VISIT_ROOMS]
+    await server.start()
     await hub.start()
     yield
     await hub.stop()
+    await server.stop()
+    await rooms.roster.close()
+
+
+def add_signaling(app: web.Application, settings: Settings) -> None:
+    """One Socket.IO server for the live feed (`/`) and the visits (`/visit`)."""
+    app[SIGNALING] = server = SignalingServer(settings.signaling)
+    server.attach(app)
+    app[LIVE] = LiveHub(app, server.sio, lambda: app[STORE])
+    url = settings.signaling.redis_url
+    roster: Roster = RedisRoster(url) if url else LocalRoster()
+    app[VISIT_ROOMS] = rooms = VisitRooms(app, settings, roster)
+    server.sio.register_namespace(rooms)
 
 
 async def monitor_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -191,7 +227,9 @@ async def ingest_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings, *, clock: Clock = utcnow) -> web.Application:
-    app = web.Application(middlewares=[observe, authenticate, csrf], client_max_size=1024**2)
+    app = web.Application(
+        middlewares=[observe, authenticate, csrf, compress_static], client_max_size=1024**2
+    )
     app[SETTINGS] = settings
     app[CLOCK] = clock
     security = settings.security
@@ -212,16 +250,20 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> web.Application:
     app[REGISTRY] = registry = CollectorRegistry()
     app[METRICS] = Metrics.create(registry)
     app[PROBES] = []
-    app[LIVE] = LiveHub(app, lambda: app[STORE])
+    add_signaling(app, settings)
     env = aiohttp_jinja2.setup(
         app,
         loader=jinja2.FileSystemLoader(TEMPLATES),
         autoescape=jinja2.select_autoescape(default=True),
         undefined=jinja2.StrictUndefined,
+        extensions=["jinja2.ext.i18n"],
     )
+    env.policies["ext.i18n.trimmed"] = True  # as babel.cfg extracts them
+    env.install_null_translations(newstyle=True)  # type: ignore[attr-defined]  # the ext adds it
     app.on_response_prepare.append(security_headers)
+    app.cleanup_ctx.append(i18n_ctx)
     app.cleanup_ctx.append(store_ctx)
-    app.cleanup_ctx.append(live_ctx)
+    app.cleanup_ctx.append(signaling_ctx)
     app.cleanup_ctx.append(broker_ctx)
     app.cleanup_ctx.append(monitor_ctx)
     app.cleanup_ctx.append(ingest_ctx)
@@ -233,6 +275,8 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> web.Application:
         fhir.routes,
         ops.routes,
         vitals_api.routes,
+        visits_api.routes,
+        visit_pages.routes,
         monitoring_api.routes,
         monitoring_pages.routes,
         devices_pages.routes,

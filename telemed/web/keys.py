@@ -13,7 +13,9 @@ from devices.ingest import Ingestor
 from devices.monitor import Monitor
 from telemed.clinic import Clinic
 from telemed.clock import Clock
+from telemed.i18n import Catalogues
 from telemed.probes import Probe
+from telemed.reception import Reception
 from telemed.sessions import SessionPolicy
 from telemed.settings import Settings
 from telemed.store import Store
@@ -22,6 +24,8 @@ from telemed.web.metrics import Metrics
 
 if TYPE_CHECKING:
     from signaling.live import LiveHub
+    from signaling.server import SignalingServer
+    from signaling.visits import VisitRooms
 
 SETTINGS = web.AppKey("settings", Settings)
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")
@@ -37,3 +41,7 @@ ENROLLMENT = web.AppKey("enrollment", Enrollment)
 INGESTOR = web.AppKey("ingestor", Ingestor)
 MONITOR = web.AppKey("monitor", Monitor)
 LIVE: web.AppKey[LiveHub] = web.AppKey("live")  # LiveHub imports the web layer itself
+SIGNALING: web.AppKey[SignalingServer] = web.AppKey("signaling")
+VISIT_ROOMS: web.AppKey[VisitRooms] = web.AppKey("visit_rooms")  # imports the web layer too
+RECEPTION = web.AppKey("reception", Reception)
+CATALOGUES = web.AppKey("catalogues", Catalogues)  # the patient pages' languages

@@ -70,7 +70,7 @@ def check_in_json(c: CheckIn) -> dict[str, Any]:
     }
 
 
-async def _json_object(request: web.Request, fields: tuple[str, ...]) -> dict[str, Any]:
+async def json_object(request: web.Request, fields: tuple[str, ...]) -> dict[str, Any]:
     try:
         body = await request.json()
     except ValueError:
@@ -153,7 +153,7 @@ async def put_monitoring(request: web.Request) -> web.Response:
     on that side; the code mapped to null: back to the default), `spo2_scale` (1 or 2),
     `offline_after_minutes`, `quiet_period_minutes`."""
     await require(request)
-    body = await _json_object(request, PLAN_FIELDS)
+    body = await json_object(request, PLAN_FIELDS)
     offline = body.get("offline_after_minutes")
     quiet = body.get("quiet_period_minutes")
     plan = await request.app[MONITOR].update_plan(
@@ -175,7 +175,7 @@ async def put_monitoring(request: web.Request) -> web.Response:
 async def post_check_in(request: web.Request) -> web.Response:
     """`consciousness` (A, C, V, P or U) and/or `on_oxygen` (true or false)."""
     await require(request)
-    body = await _json_object(request, CHECK_IN_FIELDS)
+    body = await json_object(request, CHECK_IN_FIELDS)
     consciousness = body.get("consciousness")
     on_oxygen = body.get("on_oxygen")
     if on_oxygen is not None and not isinstance(on_oxygen, bool):

@@ -8,7 +8,15 @@ from telemed.accounts import Role
 from telemed.errors import ValidationError
 from telemed.monitoring import ACTIVE_STATES
 from telemed.web.auth import landing, render, require
-from telemed.web.keys import CLINIC, ENROLLMENT, MONITOR, SETTINGS, STORE, THROTTLE_POLICY
+from telemed.web.keys import (
+    CLINIC,
+    ENROLLMENT,
+    MONITOR,
+    RECEPTION,
+    SETTINGS,
+    STORE,
+    THROTTLE_POLICY,
+)
 from telemed.web.middleware import USER, actor
 from telemed.web.monitoring_pages import CONSCIOUSNESS
 from telemed.web.vitals_view import COLUMNS, DASHBOARD
@@ -106,6 +114,7 @@ async def _admin_context(request: web.Request) -> dict[str, object]:
         "teams": teams,
         "roles": [r.value for r in Role],
         "require_2fa": await clinic.require_2fa(default),
+        "waiting_message": await request.app[RECEPTION].waiting_message(),
         "error": "",
         "notice": "",
         "form": {},
@@ -125,6 +134,7 @@ async def admin_page(request: web.Request) -> web.Response:
         "user": "User added.",
         "team": "Care team updated.",
         "settings": "Settings saved.",
+        "waiting_message": "Waiting-room message saved.",
     }.get(request.query.get("done", ""), "")
     return render(request, "admin.html", context)
 

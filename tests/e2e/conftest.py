@@ -13,6 +13,7 @@ When a test fails, the tail of the server's standard error is added to its repor
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -20,13 +21,20 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Generator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from playwright.async_api import Browser, ConsoleMessage, Page, ViewportSize, async_playwright
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    ConsoleMessage,
+    Page,
+    ViewportSize,
+    async_playwright,
+)
 
 from tests.conftest import free_port
 
@@ -157,9 +165,21 @@ def _wait_healthy(base_url: str, process: subprocess.Popen[bytes], log: Path) ->
     )
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    tmp = tmp_path_factory.mktemp("telemed-e2e")
+@contextlib.contextmanager
+def running_server(
+    tmp: Path,
+    *,
+    host: str = "127.0.0.1",
+    public_url: str = "",
+    people: tuple[tuple[str, str, str], ...] = (
+        ("doctor", "dr.carter@example.org", "Dr Dana Carter"),
+        ("patient", "pia.mine@example.org", "Pia Careteam"),
+        ("patient", "olaf.other@example.org", "Olaf Elsewhere"),
+    ),
+) -> Iterator[Server]:
+    """`telemed serve` with its own config, store and embedded broker under `tmp`,
+    listening on `host`, with (doctor, patient on the doctor's team, stranger) = `people`;
+    its `base_url` is always the loopback one."""
     config = tmp / "config.toml"
     config.write_text((ROOT / "config.toml").read_text(encoding="utf-8"), encoding="utf-8")
     http_port, mqtt_port = free_port(), free_port()
@@ -169,17 +189,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         **{k: v for k, v in os.environ.items() if not k.startswith("TELEMED_")},
         "TELEMED_VAR_DIR": str(var_dir),
         "TELEMED_STORE_URL": f"sqlite:///{var_dir / 'telemed.db'}",
-        "TELEMED_SERVER_HOST": "127.0.0.1",
+        "TELEMED_SERVER_HOST": host,
         "TELEMED_SERVER_PORT": str(http_port),
-        "TELEMED_SERVER_PUBLIC_URL": "",
+        "TELEMED_SERVER_PUBLIC_URL": public_url.format(port=http_port),
         "TELEMED_MQTT_EMBEDDED": "true",
         "TELEMED_MQTT_PORT": str(mqtt_port),
         "TELEMED_DEMO_SEED": "false",
         "TELEMED_LOG_JSON": "true",
     }
-    doctor = _add_user(config, env, "doctor", "dr.carter@example.org", "Dr Dana Carter")
-    patient = _add_user(config, env, "patient", "pia.mine@example.org", "Pia Careteam")
-    stranger = _add_user(config, env, "patient", "olaf.other@example.org", "Olaf Elsewhere")
+    doctor, patient, stranger = (_add_user(config, env, *person) for person in people)
     _cli(config, env, "care-team", "add", "--patient", patient.id, "--clinician", doctor.id)
 
     log = tmp / "server.log"  # stdout and stderr
@@ -202,6 +220,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=STOP_TIMEOUT)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with running_server(tmp_path_factory.mktemp("telemed-e2e")) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")
@@ -270,3 +294,112 @@ def pytest_runtest_makereport(
     if report.failed and isinstance(running, Server):
         report.sections.append(("telemed server stderr (tail)", running.log_tail()))
     return report
+
+
+# Video visits: two people in two browser contexts ------------------------------------
+
+# Keeps every RTCPeerConnection a page creates in `window.__pcs` (oldest first), so that
+# tests read WebRTC statistics whichever page script made the connection, and sums the
+# newest open connection's inbound statistics into `window.__rtcStats` twice a second
+# (tests wait on it with synchronous `wait_for_function` expressions).
+RTC_RECORDER = """
+(() => {
+  const Native = window.RTCPeerConnection;
+  if (!Native) return;
+  window.__pcs = [];
+  window.__rtcStats = null;
+  window.RTCPeerConnection = new Proxy(Native, {
+    construct(target, args, newTarget) {
+      const pc = Reflect.construct(target, args, newTarget);
+      window.__pcs.push(pc);
+      return pc;
+    },
+  });
+  setInterval(async () => {
+    let index = window.__pcs.length - 1;
+    while (index >= 0 && window.__pcs[index].signalingState === "closed") index -= 1;
+    if (index < 0) {
+      window.__rtcStats = null;
+      return;
+    }
+    const pc = window.__pcs[index];
+    const stats = {
+      pc: index,
+      state: pc.connectionState,
+      framesDecoded: 0,
+      videoBytesReceived: 0,
+      audioBytesReceived: 0,
+    };
+    (await pc.getStats()).forEach((s) => {
+      if (s.type !== "inbound-rtp") return;
+      if (s.kind === "video") {
+        stats.framesDecoded += s.framesDecoded || 0;
+        stats.videoBytesReceived += s.bytesReceived || 0;
+      } else if (s.kind === "audio") {
+        stats.audioBytesReceived += s.bytesReceived || 0;
+      }
+    });
+    window.__rtcStats = stats;
+  }, 500);
+})();
+"""
+
+
+@dataclass(slots=True)
+class Participant:
+    """One person's browser context and page, and what went wrong in it."""
+
+    context: BrowserContext
+    page: Page
+    errors: list[str] = field(default_factory=list)
+
+
+OpenParticipant = Callable[[], Awaitable[Participant]]
+
+
+async def new_participant(
+    browser: Browser, base_url: str, viewport: ViewportSize, scripts: Sequence[str]
+) -> Participant:
+    """A fresh browser context (its own cookies: another person) and page, running
+    `scripts` before the page's own, with console errors and page errors collected."""
+    context = await browser.new_context(base_url=base_url, viewport=viewport)
+    for script in scripts:
+        await context.add_init_script(script)
+    new_page = await context.new_page()
+    person = Participant(context, new_page)
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            person.errors.append(f"console: {message.text} at {message.location}")
+
+    new_page.on("console", on_console)
+    new_page.on("pageerror", lambda exc: person.errors.append(f"page error: {exc}"))
+    return person
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def participants(
+    browser: Browser, server: Server, viewport: ViewportSize
+) -> AsyncIterator[OpenParticipant]:
+    """Open a fresh browser context (its own cookies: another person) and page, with
+    WebRTC connections recorded in `window.__pcs`; all are closed after the test."""
+    opened: list[Participant] = []
+
+    async def open_participant() -> Participant:
+        person = await new_participant(
+            browser, server.base_url, viewport, (CSP_REPORTER, RTC_RECORDER)
+        )
+        opened.append(person)
+        return person
+
+    try:
+        yield open_participant
+    finally:
+        for person in opened:
+            await person.context.close()
+
+
+@pytest.fixture(scope="session")
+def admin(server: Server) -> Person:
+    """A clinic admin, added through the CLI on first use."""
+    return _add_user(server.config, server.env, "admin", "ada.admin@example.org", "Ada Admin")
