@@ -41,6 +41,8 @@ from telemed.visits import Visit, VisitState, visit_from_doc, visit_to_doc
 
 T = TypeVar("T")
 
+PAGE_CACHE_KIB = 64 * 1024  # per connection
+
 MIGRATIONS: tuple[str, ...] = (
     # 1: accounts, care teams, tokens, sessions, throttling, settings, audit
     """
@@ -274,6 +276,11 @@ class SqliteStore:
             # to the broker must; one sync per commit, so write in batches
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
+            # vitals land on every (device, code) series at once: each batch touches the
+            # last page of each series in two indexes, which SQLite's default 2 MB page
+            # cache cannot hold for a clinic's devices (the pages are then read back and
+            # rewritten from the OS each batch)
+            conn.execute(f"PRAGMA cache_size = -{PAGE_CACHE_KIB}")
             self._conn = conn
             self._migrate(conn)
         except sqlite3.Error as exc:
