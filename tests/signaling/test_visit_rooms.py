@@ -511,13 +511,14 @@ async def test_quality_is_relayed_every_time_and_stored_once_per_side_every_10_s
 
 # changes made through the clinic's HTTP API ------------------------------------------------
 async def test_a_cancel_or_a_new_link_over_http_reaches_the_open_pages(
-    client: Client, people: People, book: Book, sockets: Sockets
+    client: Client, people: People, book: Book, sockets: Sockets, clock: FakeClock
 ) -> None:
     first, second = await book(), await book()
     doctor = await sockets.clinician(people.doctor_a.email)
     one = await sockets.patient(first)
-    two = await sockets.patient(second)
     await one.until("visit", lambda v: v["place"] == 1)
+    clock.advance(seconds=1)  # arrivals at one instant would be ordered by visit id
+    two = await sockets.patient(second)
     await two.until("visit", lambda v: v["place"] == 2)
     csrf = {"X-CSRF-Token": await page_csrf(client)}  # the doctor's session (sockets signed in)
 
