@@ -25,7 +25,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from http.cookies import CookieError, SimpleCookie
 from typing import Any
 
 import socketio
@@ -155,6 +154,12 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
 
     # dispatch ---------------------------------------------------------------------
     async def trigger_event(self, event: Any, *args: Any) -> Any:
+        if event in ("connect", "disconnect") and self.server.manager.is_connected(
+            args[0], NAMESPACE
+        ):
+            # a connected client sending an event by a reserved name, not the server's
+            # own connect or disconnect (during those the sid is pending, not connected)
+            return refusal("unknown event")
         if event == "connect":
             return await self._connect(*args)
         if event == "disconnect":
@@ -204,28 +209,29 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
             raise socketio.exceptions.ConnectionRefusedError(
                 "the server is busy; try again in a moment"
             ) from None
+        except (ValidationError, NotFound, LinkRefused) as exc:  # moved or gone meanwhile
+            raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
 
     async def _admit_connection(self, sid: str, environ: dict[str, Any]) -> None:
-        cookies = SimpleCookie()
-        try:
-            cookies.load(environ.get("HTTP_COOKIE", ""))
-        except CookieError:
-            raise socketio.exceptions.ConnectionRefusedError("unreadable cookies") from None
         request = environ.get("aiohttp.request")
+        # the HTTP handlers' own cookie parser (SimpleCookie drops every cookie when one
+        # of another application's is not to its taste)
+        cookies = request.cookies if request is not None else {}
         source = source_address(request) if request is not None else "unknown"
         limiter = Limiter.of(self.limits.events_per_second, self.limits.event_burst, self.ticks())
+        # a clinician's session first: a clinician's browser may also hold the pass of a
+        # patient's link it once opened (at the desk, to help), and stays the clinician
+        _, user = await session_user(self.app, cookies.get(sessions.COOKIE))
         visit_cookie = cookies.get(VISIT_COOKIE)
-        if visit_cookie is not None:
-            peer = await self._connect_patient(sid, visit_cookie.value, source, limiter)
-        else:
-            session = cookies.get(sessions.COOKIE)
-            _, user = await session_user(self.app, session.value if session else None)
-            if user is None or not user.role.is_clinician:
-                raise socketio.exceptions.ConnectionRefusedError(
-                    "open the visit link again, or sign in as a clinician"
-                )
+        if user is not None and user.role.is_clinician:
             peer = Peer(sid, CLINICIAN, user.id, source, limiter)
             await self.enter_room(sid, clinician_room(user.id))
+        elif visit_cookie is not None:
+            peer = await self._connect_patient(sid, visit_cookie, source, limiter)
+        else:
+            raise socketio.exceptions.ConnectionRefusedError(
+                "open the visit link again, or sign in as a clinician"
+            )
         self._peers[sid] = peer
         # the first `visit` or `queue` must follow the CONNECT packet, sent on return
         self.server.start_background_task(self._welcome, peer)
@@ -255,8 +261,12 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
         )
         await self.enter_room(sid, visit_room(visit.id))
         await self.roster.join_visit(visit.id, sid)
-        if not visit.patient_online:
-            await self.reception.set_patient_online(visit.id, True)
+        try:
+            if not visit.patient_online:
+                await self.reception.set_patient_online(visit.id, True)
+        except BaseException:  # refused after all: the roster must not count this socket
+            await self.roster.leave_visit(visit.id, sid)
+            raise
         return peer
 
     async def _welcome(self, peer: Peer) -> None:

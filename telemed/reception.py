@@ -121,7 +121,9 @@ class Reception:
     async def reissue_link(self, actor: Actor, visit_id: str) -> Booking:
         """A new join link for an open visit (the old one dies, and so does the pass of
         the browser that claimed it): for a patient who lost the message or the phone."""
-        visit = await self.visit_for_clinician(actor, visit_id, "visit.link.reissue")
+        visit = await self.visit_for_clinician(
+            actor, visit_id, "visit.link.reissue", audit_success=False
+        )
         token = new_secret()
         now = self.clock()
 
@@ -201,7 +203,20 @@ class Reception:
         arrival moves scheduled -> waiting; a return keeps the place and the state."""
         if visit.state is not VisitState.SCHEDULED:
             return visit
-        return await self._move(patient_actor(visit, source), visit.id, VisitState.WAITING)
+        actor = patient_actor(visit, source)
+        now = self.clock()
+        moved = False
+
+        def arrived(v: Visit) -> Visit:
+            nonlocal moved  # another page of the patient's may have arrived first
+            self._check_link_alive(v)  # or the clinic cancelled it meanwhile
+            moved = v.state is VisitState.SCHEDULED
+            return v.move(VisitState.WAITING, now, actor.id) if moved else v
+
+        visit = await self._update(visit.id, arrived)
+        if moved:
+            await self._audit(actor, "visit.waiting", visit)
+        return visit
 
     async def record_precheck(self, visit: Visit, precheck: PreCheck, source: str) -> Visit:
         visit = await self._update(visit.id, lambda v: dataclasses.replace(v, precheck=precheck))
@@ -267,16 +282,21 @@ class Reception:
     async def _clinician_move(
         self, actor: Actor, visit_id: str, to: VisitState, action: str
     ) -> Visit:
-        await self.visit_for_clinician(actor, visit_id, action)
-        return await self._move(actor, visit_id, to)
+        await self.visit_for_clinician(actor, visit_id, action, audit_success=False)
+        return await self._move(actor, visit_id, to)  # the move is audited
 
-    async def visit_for_clinician(self, actor: Actor, visit_id: str, action: str) -> Visit:
+    async def visit_for_clinician(
+        self, actor: Actor, visit_id: str, action: str, *, audit_success: bool = True
+    ) -> Visit:
         """The visit, if the actor is the operator or a clinician of the patient's care
-        team; refusals are audited (a visit id alone reveals nothing)."""
+        team. Refusals are audited (a visit id alone reveals nothing), and so is the
+        access unless the caller audits what it does next."""
         visit = await self.store.get_visit(visit_id)
         if visit is None:
             raise NotFound(f"visit {visit_id} does not exist")
         await self._require_care_team(actor, visit.patient_id, action, visit_id=visit.id)
+        if audit_success:
+            await self._audit(actor, action, visit)
         return visit
 
     async def visits_of_patient(self, actor: Actor, patient_id: str) -> list[Visit]:

@@ -24,7 +24,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -171,10 +171,6 @@ def secret_hash(secret: str) -> str:
 
 def secret_matches(secret: str, stored_hash: str) -> bool:
     return bool(stored_hash) and hmac.compare_digest(secret_hash(secret), stored_hash)
-
-
-def default_link_expiry(scheduled_at: datetime, valid_for: timedelta) -> datetime:
-    return scheduled_at + valid_for
 
 
 # the patient's pass, as the browser keeps it --------------------------------------
