@@ -12,12 +12,13 @@ import pytest
 import socketio
 from aiohttp.test_utils import TestClient
 
+from telemed import sessions
 from telemed.audit import Outcome
 from telemed.clinic import OPERATOR
 from telemed.monitoring import Observation
 from telemed.visits import VisitState
 from telemed.web.keys import RECEPTION, STORE, VISIT_ROOMS
-from tests.conftest import FakeClock, People, page_csrf
+from tests.conftest import FakeClock, People, login, page_csrf
 from tests.signaling.conftest import SHARING, Booked, Sockets, VisitSocket
 
 Client = TestClient  # type: ignore[type-arg]
@@ -567,3 +568,35 @@ async def test_the_queue_shows_news2_for_a_monitored_patient(
     other = (await bob.until("queue", lambda q: len(q["visits"]) == 1))["visits"][0]
     assert other["news2"] is None
     assert other["latest"] == []
+
+
+async def test_connect_and_disconnect_sent_as_events_are_refused(
+    client: Client, people: People, book: Book, sockets: Sockets
+) -> None:
+    """Reserved names are the server's own: a connected client sending them must neither
+    reset its rate limit nor drop out of the roster while its socket stays."""
+    booked = await book()
+    doctor, patient = await in_call(sockets, booked, people.doctor_a.email)
+    forged = {"HTTP_COOKIE": f"telemed_visit={booked.cookie}"}
+    assert await patient.call("connect", forged) == {"ok": False, "error": "unknown event"}
+    assert await patient.call("disconnect", {}) == {"ok": False, "error": "unknown event"}
+    # still in the call, as before: a signal goes through, and the doctor saw no leave
+    answer = await patient.call("signal", {"candidate": candidate(1)})
+    assert answer["ok"] is True, answer
+    assert (await doctor.next("signal"))["candidate"] == candidate(1)
+    assert doctor.queues["peer"].empty()
+    stored = await client.app[STORE].get_visit(booked.id)
+    assert stored is not None
+    assert stored.patient_online is True
+
+
+async def test_a_clinician_who_opened_a_patient_link_stays_a_clinician(
+    client: Client, people: People, book: Book, sockets: Sockets
+) -> None:
+    booked = await book()
+    session = (await login(client, people.doctor_a.email)).cookies[sessions.COOKIE].value
+    both = VisitSocket()
+    sockets.opened.append(both)
+    await both.connect(sockets.url, f"{sessions.COOKIE}={session}; telemed_visit={booked.cookie}")
+    assert (await both.next("queue"))["visits"] == []  # the dashboard's view, not the visit's
+    assert both.queues["visit"].empty()
