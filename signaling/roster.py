@@ -30,8 +30,11 @@ class Roster(Protocol):
     async def visit_sids(self, visit_id: str) -> list[str]:
         """The patient's connected sockets of the visit, in every process."""
 
-    async def take_seat(self, visit_id: str, role: str, sid: str) -> dict[str, str]:
-        """`sid` sits in the call for `role`; answers the others seated (role -> sid)."""
+    async def take_seat(
+        self, visit_id: str, role: str, sid: str
+    ) -> tuple[dict[str, str], str | None]:
+        """`sid` sits in the call for `role`; answers the others seated (role -> sid) and
+        the socket that held this seat before, if any."""
 
     async def leave_seat(self, visit_id: str, role: str, sid: str) -> bool:
         """Free the seat if `sid` holds it; answers whether it did."""
@@ -65,10 +68,13 @@ class LocalRoster:
     async def visit_sids(self, visit_id: str) -> list[str]:
         return sorted(self._sockets.get(visit_id, ()))
 
-    async def take_seat(self, visit_id: str, role: str, sid: str) -> dict[str, str]:
+    async def take_seat(
+        self, visit_id: str, role: str, sid: str
+    ) -> tuple[dict[str, str], str | None]:
         seats = self._seats[visit_id]
+        previous = seats.get(role)
         seats[role] = sid
-        return {r: s for r, s in seats.items() if r != role}
+        return {r: s for r, s in seats.items() if r != role}, previous
 
     async def leave_seat(self, visit_id: str, role: str, sid: str) -> bool:
         seats = self._seats.get(visit_id, {})
@@ -130,13 +136,14 @@ class RedisRoster:
     async def visit_sids(self, visit_id: str) -> list[str]:
         return sorted(await self._redis.smembers(self._sockets(visit_id)))
 
-    async def take_seat(self, visit_id: str, role: str, sid: str) -> dict[str, str]:
+    async def take_seat(
+        self, visit_id: str, role: str, sid: str
+    ) -> tuple[dict[str, str], str | None]:
         key = self._seats(visit_id)
         async with self._redis.pipeline(transaction=True) as pipe:
-            _, _, seats = (
-                await pipe.hset(key, role, sid).expire(key, KEY_TTL_SECONDS).hgetall(key).execute()
-            )
-        return {r: s for r, s in seats.items() if r != role}
+            pipe.hget(key, role).hset(key, role, sid).expire(key, KEY_TTL_SECONDS).hgetall(key)
+            previous, _, _, seats = await pipe.execute()
+        return {r: s for r, s in seats.items() if r != role}, previous
 
     async def leave_seat(self, visit_id: str, role: str, sid: str) -> bool:
         return bool(await self._leave_seat(keys=[self._seats(visit_id)], args=[role, sid]))

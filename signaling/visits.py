@@ -378,8 +378,10 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
         """Enter the call room, tell the other side, answer with the `call` payload."""
         room = call_room(visit_id)
         await self.enter_room(peer.sid, room)
-        others = await self.roster.take_seat(visit_id, peer.role, peer.sid)
+        others, previous = await self.roster.take_seat(visit_id, peer.role, peer.sid)
         peer.seats.add(visit_id)
+        if previous is not None and previous != peer.sid:
+            await self._unseat(previous, peer.role, visit_id)
         current = await self.store.get_visit(visit_id)
         if current is None or current.state is not VisitState.IN_CALL:  # moved meanwhile
             await self.leave_room(peer.sid, room)
@@ -403,6 +405,16 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
         }
         await self.emit("call", call, to=peer.sid)
         return {"ok": True, **call}
+
+    async def _unseat(self, sid: str, role: str, visit_id: str) -> None:
+        """Another page took `sid`'s seat (the patient reopened the link in a new tab, or
+        a colleague opened the call): `sid` leaves the call, in whichever process it is.
+        A patient's old page is also disconnected: its pass died when the new page
+        claimed the link."""
+        await self.emit("call_over", {"visit_id": visit_id, "reason": "replaced"}, to=sid)
+        await self.leave_room(sid, call_room(visit_id))
+        if role == PATIENT:
+            await self.disconnect(sid)
 
     async def _close_call(self, visit_id: str, reason: str) -> None:
         room = call_room(visit_id)

@@ -600,3 +600,28 @@ async def test_a_clinician_who_opened_a_patient_link_stays_a_clinician(
     await both.connect(sockets.url, f"{sessions.COOKIE}={session}; telemed_visit={booked.cookie}")
     assert (await both.next("queue"))["visits"] == []  # the dashboard's view, not the visit's
     assert both.queues["visit"].empty()
+
+
+@SHARING
+async def test_a_second_page_of_the_patient_takes_the_call_and_the_old_one_leaves(
+    client: Client, people: People, book: Book, sockets: Sockets
+) -> None:
+    """The patient taps the text message's link again during the call: the new tab
+    claims the link (the old pass dies) and takes the seat; the old tab is told and let
+    go, so the two never answer the doctor's offers side by side."""
+    booked = await book()
+    doctor, old = await in_call(sockets, booked, people.doctor_a.email)
+    _, held_pass = booked.cookie.split(".", 1)
+    visit, new_pass = await client.app[RECEPTION].claim(booked.token, "test", held_pass=held_pass)
+    new = await sockets.patient(f"{visit.id}.{new_pass}")
+    await new.until("visit", lambda v: v["state"] == "in_call")
+    assert (await new.call("join_call", {}))["ok"] is True
+    assert await old.next("call_over") == {"visit_id": booked.id, "reason": "replaced"}
+    await old.wait_gone()
+    assert (await doctor.until("peer", lambda p: p["present"]))["sid"] == new.sid
+    # the doctor's signals reach the new page only
+    assert (await doctor.call("signal", {"visit_id": booked.id, "candidate": candidate(2)}))[
+        "ok"
+    ] is True
+    assert (await new.next("signal"))["candidate"] == candidate(2)
+    assert old.queues["signal"].empty()
