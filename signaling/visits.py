@@ -129,6 +129,7 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
         self._quality_kept: dict[tuple[str, str], float] = {}
         self._handlers: dict[str, tuple[str | None, Handler]] = {
             "precheck": (PATIENT, self._precheck),
+            "arrive": (PATIENT, self._arrive),
             "join_call": (PATIENT, self._join_call),
             "open": (CLINICIAN, self._open),
             "admit": (CLINICIAN, self._admit),
@@ -203,7 +204,7 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
     # connections ------------------------------------------------------------------
     async def _connect(self, sid: str, environ: dict[str, Any], auth: object = None) -> None:
         try:
-            await self._admit_connection(sid, environ)
+            await self._admit_connection(sid, environ, auth)
         except StoreUnavailable:
             log.warning("visit: connection sid=%s refused: store unavailable", sid)
             raise socketio.exceptions.ConnectionRefusedError(
@@ -212,7 +213,7 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
         except (ValidationError, NotFound, LinkRefused) as exc:  # moved or gone meanwhile
             raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
 
-    async def _admit_connection(self, sid: str, environ: dict[str, Any]) -> None:
+    async def _admit_connection(self, sid: str, environ: dict[str, Any], auth: object) -> None:
         request = environ.get("aiohttp.request")
         # the HTTP handlers' own cookie parser (SimpleCookie drops every cookie when one
         # of another application's is not to its taste)
@@ -227,7 +228,10 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
             peer = Peer(sid, CLINICIAN, user.id, source, limiter)
             await self.enter_room(sid, clinician_room(user.id))
         elif visit_cookie is not None:
-            peer = await self._connect_patient(sid, visit_cookie, source, limiter)
+            # a page that only checks the camera connects with {"arrive": false}: the
+            # patient is not in the queue until they press Join (the `arrive` event)
+            arriving = not (isinstance(auth, dict) and auth.get("arrive") is False)
+            peer = await self._connect_patient(sid, visit_cookie, source, limiter, arriving)
         else:
             raise socketio.exceptions.ConnectionRefusedError(
                 "open the visit link again, or sign in as a clinician"
@@ -237,7 +241,9 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
         self.server.start_background_task(self._welcome, peer)
         log.info("visit: %s connected sid=%s", peer.role, sid)
 
-    async def _connect_patient(self, sid: str, value: str, source: str, limiter: Limiter) -> Peer:
+    async def _connect_patient(
+        self, sid: str, value: str, source: str, limiter: Limiter, arriving: bool
+    ) -> Peer:
         parsed = parse_visit_cookie(value)
         if parsed is None:
             raise socketio.exceptions.ConnectionRefusedError(
@@ -248,7 +254,8 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
             visit = await self.reception.visit_for_pass(visit_id, held_pass)
         except LinkRefused as exc:
             raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
-        visit = await self.reception.arrive(visit, source)
+        if arriving:
+            visit = await self.reception.arrive(visit, source)
         peer = Peer(
             sid,
             PATIENT,
@@ -327,6 +334,13 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
         await self.reception.record_precheck(visit, precheck, peer.source)
         await self._publish(peer.clinician_id, changed=visit.id)
         return {"ok": True}
+
+    async def _arrive(self, peer: Peer, data: Mapping[str, Any]) -> dict[str, Any]:
+        """The patient pressed Join: into the waiting room (a return changes nothing)."""
+        visit = await self._patient_visit(peer, parse_join_call(data))
+        visit = await self.reception.arrive(visit, peer.source)
+        await self._publish(peer.clinician_id, changed=visit.id, places=True)
+        return {"ok": True, "state": visit.state.value}
 
     async def _join_call(self, peer: Peer, data: Mapping[str, Any]) -> dict[str, Any]:
         visit = await self._patient_visit(peer, parse_join_call(data))

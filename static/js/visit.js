@@ -403,6 +403,7 @@
       if (!(await claim())) return;
       s.joined = true;
       connect();
+      arrive();
       if (s.visitState === "in_call") return; // the call view is already on its way
       show("waiting");
       if (!s.recommendation && !s.net) precheck(); // meanwhile, in the waiting room
@@ -419,10 +420,16 @@
       return;
     }
     // WebSocket first; long-polling is the fallback where a network blocks WebSocket.
-    const socket = io("/visit", { transports: ["websocket", "polling"], reconnectionDelayMax: 10000 });
+    const socket = io("/visit", {
+      transports: ["websocket", "polling"],
+      reconnectionDelayMax: 10000,
+      // checking the camera is not yet arriving: the queue shows the patient from Join on
+      auth: (send) => send({ arrive: s.joined }),
+    });
     s.socket = socket;
     socket.on("connect", () => {
       s.refusals = 0;
+      if (s.joined) arrive();
       status(null);
       if (s.call) s.call.suspend(); // a new sid: the doctor's side starts a new connection
       s.callFor = null;
@@ -450,6 +457,11 @@
       if (m && m.reason === "ended") end();
       else leaveCall(true);
     });
+  }
+
+  function arrive() {
+    // into the waiting room (the server changes nothing for a patient already there)
+    if (s.socket && s.socket.connected) s.socket.emit("arrive", {}, () => {});
   }
 
   async function recover() {

@@ -159,9 +159,11 @@ class VisitSocket:
         *,
         transport: str = "websocket",
         headers: dict[str, str] | None = None,
+        auth: dict[str, Any] | None = None,
     ) -> None:
         await self.sio.connect(
             url,
+            auth=auth,
             headers={**({"Cookie": cookie} if cookie else {}), **(headers or {})},
             namespaces=[NAMESPACE],
             transports=[transport],
@@ -219,7 +221,7 @@ class Sockets:
         return str(self.client.make_url("/"))
 
     async def patient(self, booked: Booked | str, **options: Any) -> VisitSocket:
-        """`options`: `transport` ("websocket" or "polling"), extra `headers`."""
+        """`options`: `transport` ("websocket" or "polling"), extra `headers`, `auth`."""
         cookie = booked.cookie if isinstance(booked, Booked) else booked
         return await self._open(f"telemed_visit={cookie}", **options)
 

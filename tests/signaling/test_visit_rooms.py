@@ -625,3 +625,25 @@ async def test_a_second_page_of_the_patient_takes_the_call_and_the_old_one_leave
     ] is True
     assert (await new.next("signal"))["candidate"] == candidate(2)
     assert old.queues["signal"].empty()
+
+
+async def test_checking_the_camera_is_not_arriving_until_join(
+    client: Client, people: People, book: Book, sockets: Sockets
+) -> None:
+    """The page connects to send its pre-call check before the patient presses Join: the
+    doctor must not see (or admit) them until they do."""
+    booked = await book()
+    doctor = await sockets.clinician(people.doctor_a.email)
+    assert (await doctor.next("queue"))["visits"] == []
+    patient = await sockets.patient(booked, auth={"arrive": False})
+    assert (await patient.next("visit"))["state"] == "scheduled"
+    refused = await doctor.call("admit", {"visit_id": booked.id})
+    assert refused["ok"] is False
+    assert "cannot become in_call" in refused["error"]
+
+    assert await patient.call("arrive", {}) == {"ok": True, "state": "waiting"}
+    entry = (await doctor.until("queue", lambda q: len(q["visits"]) == 1))["visits"][0]
+    assert entry["visit_id"] == booked.id
+    assert (await patient.until("visit", lambda v: v["state"] == "waiting"))["place"] == 1
+    assert await patient.call("arrive", {}) == {"ok": True, "state": "waiting"}  # a return
+    assert (await doctor.call("arrive", {}))["ok"] is False  # not for a clinician
