@@ -45,7 +45,7 @@ from signaling.events import (
 from signaling.roster import Roster
 from telemed import sessions
 from telemed.accounts import User
-from telemed.api_json import observation_json, optional_iso, precheck_json
+from telemed.api_json import media_json, observation_json, optional_iso, precheck_json
 from telemed.clinic import Actor
 from telemed.clock import iso
 from telemed.errors import Forbidden, NotFound, StoreUnavailable, ValidationError
@@ -62,6 +62,7 @@ from telemed.visits import (
     VisitState,
     parse_visit_cookie,
 )
+from telemed.visits import places as places_of
 from telemed.web.keys import CLOCK, MONITOR, RECEPTION, STORE
 from telemed.web.middleware import session_user, source_address
 
@@ -117,12 +118,7 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
         self.roster = roster
         self.limits = settings.signaling
         self.webrtc = settings.webrtc
-        v = settings.visits
-        self.media = {
-            "low_bandwidth_kbps": v.low_bandwidth_kbps,
-            "low_bandwidth_height": v.low_bandwidth_height,
-            "audio_only_below_kbps": v.audio_only_below_kbps,
-        }
+        self.media = media_json(settings.visits)
         self.ticks: Callable[[], float] = time.monotonic  # rate limits (tests replace it)
         self._peers: dict[str, Peer] = {}
         self._queue_locks: dict[str, asyncio.Lock] = {}
@@ -531,15 +527,9 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
         gets `queue`; with `places`, every waiting patient of that clinician gets their
         (new) place too."""
         async with self._queue_lock(clinician_id):
-            visits = await self.reception.queue(clinician_id)
-            await self.emit(
-                "queue",
-                {"visits": [await self._entry(v) for v in visits]},
-                room=clinician_room(clinician_id),
-            )
+            visits = await self._send_queue(clinician_id, to=clinician_room(clinician_id))
             message = await self.reception.waiting_message()
-            waiting = [v for v in visits if v.state is VisitState.WAITING]
-            place = {v.id: n for n, v in enumerate(waiting, start=1)}
+            place = places_of(visits)
             tell = [v for v in visits if places or v.id == changed]
             if not any(v.id == changed for v in visits):
                 gone = await self.store.get_visit(changed)
@@ -584,9 +574,11 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
         if not visit.open:
             await self.roster.forget_visit(visit.id)
 
-    async def _send_queue(self, clinician_id: str, *, to: str) -> None:
+    async def _send_queue(self, clinician_id: str, *, to: str) -> list[Visit]:
+        """The clinician's queue to `to` (a socket or their room); returns it."""
         visits = await self.reception.queue(clinician_id)
         await self.emit("queue", {"visits": [await self._entry(v) for v in visits]}, to=to)
+        return visits
 
     async def _entry(self, visit: Visit) -> dict[str, Any]:
         patient = await self.store.get_patient(visit.patient_id)

@@ -7,6 +7,7 @@ from typing import Any
 from telemed.accounts import Patient, User
 from telemed.clock import iso
 from telemed.monitoring import Alert, Observation
+from telemed.settings import VisitSettings
 from telemed.visits import PreCheck, Visit
 
 
@@ -94,6 +95,15 @@ def visit_json(v: Visit) -> dict[str, Any]:
         "transitions": [
             {"state": t.state.value, "at": iso(t.at), "by": t.by} for t in v.transitions
         ],
+    }
+
+
+def media_json(settings: VisitSettings) -> dict[str, int]:
+    """The call's media limits, as the patient's page and the call payload carry them."""
+    return {
+        "low_bandwidth_kbps": settings.low_bandwidth_kbps,
+        "low_bandwidth_height": settings.low_bandwidth_height,
+        "audio_only_below_kbps": settings.audio_only_below_kbps,
     }
 
 

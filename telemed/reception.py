@@ -29,6 +29,7 @@ from telemed.visits import (
     Visit,
     VisitState,
     new_secret,
+    places,
     secret_hash,
     secret_matches,
 )
@@ -244,13 +245,7 @@ class Reception:
 
     async def place_in_queue(self, visit: Visit) -> int:
         """1 for the next patient the doctor sees; 0 when not waiting."""
-        if visit.state is not VisitState.WAITING:
-            return 0
-        waiting = [v for v in await self.queue(visit.clinician_id) if v.state is VisitState.WAITING]
-        for place, other in enumerate(waiting, start=1):
-            if other.id == visit.id:
-                return place
-        return 0
+        return places(await self.queue(visit.clinician_id)).get(visit.id, 0)
 
     async def waiting_message(self) -> str:
         return await self.store.get_setting(WAITING_MESSAGE) or ""

@@ -157,6 +157,12 @@ class Visit:
         return dataclasses.replace(self, quality=kept)
 
 
+def places(queue: list[Visit]) -> dict[str, int]:
+    """Each waiting visit's place in `queue` (oldest arrival first): 1 is seen next."""
+    waiting = [v for v in queue if v.state is VisitState.WAITING]
+    return {v.id: n for n, v in enumerate(waiting, start=1)}
+
+
 # secrets -------------------------------------------------------------------------
 
 

@@ -14,10 +14,10 @@ from typing import Any
 
 from aiohttp import web
 
+from telemed.api_json import media_json
 from telemed.clock import iso
 from telemed.i18n import Catalogues, Language
 from telemed.reception import LinkRefused, Reception
-from telemed.settings import VisitSettings
 from telemed.visits import (
     VISIT_COOKIE,
     Visit,
@@ -59,14 +59,6 @@ REFUSALS = (
 )
 NO_PASS = N_("Open your visit link on this device first.")
 TOO_LARGE = N_("The test upload was too large.")
-
-
-def media_json(settings: VisitSettings) -> dict[str, int]:
-    return {
-        "low_bandwidth_kbps": settings.low_bandwidth_kbps,
-        "low_bandwidth_height": settings.low_bandwidth_height,
-        "audio_only_below_kbps": settings.audio_only_below_kbps,
-    }
 
 
 def held_pass(request: web.Request) -> tuple[str, str] | None:
