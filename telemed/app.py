@@ -32,7 +32,10 @@ from telemed.clinic import Clinic
 from telemed.clock import Clock, utcnow
 from telemed.demo import MARKER as DEMO_MARKER
 from telemed.i18n import load_catalogues
+from telemed.key_custody import open_key_provider
 from telemed.reception import Reception, visit_policy
+from telemed.records_office import RecordsOffice, record_policy
+from telemed.sealing import Sealer
 from telemed.sessions import SessionPolicy
 from telemed.settings import Settings
 from telemed.store import Store, open_store
@@ -63,6 +66,7 @@ from telemed.web.keys import (
     MONITOR,
     PROBES,
     RECEPTION,
+    RECORDS,
     REGISTRY,
     SESSION_POLICY,
     SETTINGS,
@@ -101,8 +105,14 @@ class StoreProbe:
 async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     app[STORE] = store = await open_store(settings.store, base_dir=str(settings.base_dir))
+    try:  # a missing or wrong key stops start-up here, with a message that says which
+        provider = await open_key_provider(settings, store, app[CLOCK])
+    except BaseException:
+        await store.close()
+        raise
     app[CLINIC] = clinic = Clinic(store, app[CLOCK])
     app[RECEPTION] = Reception(clinic, visit_policy(settings.visits))
+    app[RECORDS] = RecordsOffice(clinic, Sealer(provider), record_policy(settings.records))
     app[PROBES].append(StoreProbe(store))
     log.info("store open kind=%s", store.kind)
     yield

@@ -128,6 +128,19 @@ class SignalingSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordSettings:
+    key_provider: str = field(metadata={"choices": ("file", "env")})
+    key_file: str  # the key-encryption keys (provider "file"); keep it apart from backups
+    env_keys: Secret  # provider "env": "id=base64key,..." (primary first), from the environment
+    attachment_max_kib: int = field(metadata={"min": 1, "max": 15 * 1024})
+    attachment_types: str  # comma-separated; each must be one the server can recognize
+    break_glass_minutes: int = field(metadata={"min": 5, "max": 24 * 60})
+
+
+ATTACHMENT_TYPES = ("application/pdf", "image/jpeg", "image/png")
+
+
+@dataclass(frozen=True, slots=True)
 class DemoSettings:
     seed: bool
     stream_devices: int = field(metadata={"min": 0, "max": 50})
@@ -149,6 +162,7 @@ class Settings:
     visits: VisitSettings
     webrtc: WebRtcSettings
     signaling: SignalingSettings
+    records: RecordSettings
     demo: DemoSettings
     log: LogSettings
     var_dir: Path = field(default=Path("var"))  # resolved beside the config file
@@ -176,6 +190,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "visits": VisitSettings,
     "webrtc": WebRtcSettings,
     "signaling": SignalingSettings,
+    "records": RecordSettings,
     "demo": DemoSettings,
     "log": LogSettings,
 }
@@ -316,6 +331,17 @@ def _check_cross_field(s: Settings) -> None:
     redis_url = s.signaling.redis_url
     if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"signaling.redis_url: expected redis://..., got {redis_url!r}")
+    if s.records.key_provider == "env" and not s.records.env_keys:
+        raise ConfigError(
+            "records.env_keys: required when records.key_provider is env (set "
+            "TELEMED_RECORDS_ENV_KEYS to id=base64key)"
+        )
+    if s.records.key_provider == "file" and not s.records.key_file:
+        raise ConfigError("records.key_file: expected a file path")
+    for kind in split_urls(s.records.attachment_types):
+        if kind not in ATTACHMENT_TYPES:
+            allowed = ", ".join(ATTACHMENT_TYPES)
+            raise ConfigError(f"records.attachment_types: {kind!r} is not one of {allowed}")
     if s.security.session_absolute_hours * 60 < s.security.session_idle_minutes:
         raise ConfigError("security.session_idle_minutes: must not exceed session_absolute_hours")
 

@@ -23,6 +23,8 @@ from telemed.monitoring import (
     Observation,
     Severity,
 )
+from telemed.records import BreakGlass, RecordHeader, SealedAttachment, SealedVersion
+from telemed.sealing import WrappedKey
 from telemed.sessions import Session
 from telemed.settings import StoreSettings
 from telemed.throttle import Throttle
@@ -261,6 +263,73 @@ class Store(Protocol):
         states: Collection[VisitState] | None = None,
     ) -> list[Visit]:
         """Visits matching every filter given, ordered by scheduled time, then id."""
+
+    # consultation records (sealed; see telemed.records and telemed.sealing) --------
+    async def add_record(self, header: RecordHeader) -> None:
+        """Raise `Conflict` if a record with this id exists."""
+
+    async def get_record(self, record_id: str) -> RecordHeader | None: ...
+
+    async def replace_record(self, header: RecordHeader) -> bool:
+        """Store `header` in place of the stored one if that is at `header.rev - 1`
+        (compare and set, across processes); False, changing nothing, otherwise."""
+
+    async def list_records(self, patient_id: str) -> list[RecordHeader]:
+        """The patient's records, ordered by creation time, then id."""
+
+    async def add_record_version(self, version: SealedVersion) -> None:
+        """Raise `Conflict` if the id is taken. A version counts only once a header lists
+        it: one that lost its header's compare and set is never read."""
+
+    async def record_versions(self, version_ids: Sequence[str]) -> list[SealedVersion]:
+        """The stored versions with these ids, in the order given (unknown ids skipped)."""
+
+    async def add_attachment(self, attachment: SealedAttachment) -> None:
+        """Raise `Conflict` if the id is taken."""
+
+    async def get_attachment(self, attachment_id: str) -> SealedAttachment | None: ...
+
+    async def list_attachments(self, record_id: str) -> list[SealedAttachment]:
+        """A record's attachments, ordered by creation time, then id."""
+
+    # data keys, wrapped by key-encryption keys --------------------------------------
+    async def add_data_key(self, key: WrappedKey) -> None:
+        """Raise `Conflict` if the id is taken."""
+
+    async def get_data_keys(self, key_ids: Collection[str]) -> dict[str, WrappedKey]:
+        """The stored keys among these ids, by id (a destroyed key is simply absent)."""
+
+    async def data_keys_under(
+        self, kek_id: str, *, after: str = "", limit: int = 1000
+    ) -> list[WrappedKey]:
+        """Keys wrapped by `kek_id` whose id sorts after `after`, ordered by id."""
+
+    async def rewrap_data_keys(self, changes: Sequence[tuple[WrappedKey, WrappedKey]]) -> int:
+        """For each (old, new): replace the stored key with `new` if it still is `old`
+        (same KEK and wrapped bytes); return how many changed. One durable write."""
+
+    async def count_data_keys(self) -> dict[str, int]:
+        """How many data keys each KEK id wraps (ids that wrap none are absent)."""
+
+    async def delete_data_keys(self, patient_id: str) -> int:
+        """Destroy every data key of the patient (crypto-shredding), so that the bytes are
+        gone from the store's files too, as far as the store can ensure; return how many."""
+
+    async def put_key_check(self, kek_id: str, check: bytes) -> bool:
+        """Keep the KEK's check value unless one is kept already; True if this one was."""
+
+    async def key_checks(self) -> dict[str, bytes]: ...
+
+    async def delete_key_check(self, kek_id: str) -> None: ...
+
+    # break-glass access -------------------------------------------------------------
+    async def add_break_glass(self, grant: BreakGlass) -> None:
+        """Raise `Conflict` if the id is taken."""
+
+    async def break_glass_grants(
+        self, *, patient_id: str | None = None, admin_id: str | None = None
+    ) -> list[BreakGlass]:
+        """Grants matching every filter given, newest opened first (then id, descending)."""
 
 
 async def open_store(settings: StoreSettings, *, base_dir: str = ".") -> Store:

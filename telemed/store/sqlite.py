@@ -34,6 +34,14 @@ from telemed.monitoring import (
     Severity,
     Threshold,
 )
+from telemed.records import (
+    BreakGlass,
+    RecordHeader,
+    SealedAttachment,
+    SealedVersion,
+    VersionKind,
+)
+from telemed.sealing import WrappedKey
 from telemed.sessions import Session
 from telemed.throttle import Throttle
 from telemed.tokens import ApiToken
@@ -205,6 +213,67 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX visits_by_clinician ON visits (clinician_id, scheduled_at, id);
     CREATE INDEX visits_by_patient ON visits (patient_id, scheduled_at, id);
     """,
+    # 5: consultation records, sealed; their data keys, wrapped; break-glass grants
+    """
+    CREATE TABLE data_keys (
+        id TEXT PRIMARY KEY,
+        patient_id TEXT NOT NULL,
+        kek_id TEXT NOT NULL,
+        wrapped BLOB NOT NULL,
+        created_at TEXT NOT NULL,
+        format INTEGER NOT NULL
+    );
+    CREATE INDEX data_keys_by_kek ON data_keys (kek_id, id);
+    CREATE INDEX data_keys_by_patient ON data_keys (patient_id);
+    CREATE TABLE key_checks (kek_id TEXT PRIMARY KEY, check_value BLOB NOT NULL);
+    CREATE TABLE records (
+        id TEXT PRIMARY KEY,
+        patient_id TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        rev INTEGER NOT NULL,
+        doc TEXT NOT NULL
+    );
+    CREATE INDEX records_by_patient ON records (patient_id, created_at, id);
+    CREATE TABLE record_versions (
+        id TEXT PRIMARY KEY,
+        record_id TEXT NOT NULL,
+        number INTEGER NOT NULL,
+        patient_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        author_id TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        attachment_ids TEXT NOT NULL
+    );
+    CREATE TABLE record_fields (
+        version_id TEXT NOT NULL REFERENCES record_versions (id),
+        name TEXT NOT NULL,
+        sealed BLOB NOT NULL,
+        PRIMARY KEY (version_id, name)
+    ) WITHOUT ROWID;
+    CREATE TABLE attachments (
+        id TEXT PRIMARY KEY,
+        record_id TEXT NOT NULL,
+        patient_id TEXT NOT NULL,
+        author_id TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        content_type TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        key_id TEXT NOT NULL,
+        name BLOB NOT NULL,
+        body BLOB NOT NULL
+    );
+    CREATE INDEX attachments_by_record ON attachments (record_id, created_at, id);
+    CREATE TABLE break_glass (
+        id TEXT PRIMARY KEY,
+        admin_id TEXT NOT NULL,
+        patient_id TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        opened_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL
+    );
+    CREATE INDEX break_glass_by_patient ON break_glass (patient_id, opened_at);
+    """,
 )
 
 
@@ -281,6 +350,9 @@ class SqliteStore:
             # cache cannot hold for a clinic's devices (the pages are then read back and
             # rewritten from the OS each batch)
             conn.execute(f"PRAGMA cache_size = -{PAGE_CACHE_KIB}")
+            # a destroyed data key (crypto-shredding) is overwritten in the file, not just
+            # unlinked from the b-tree
+            conn.execute("PRAGMA secure_delete = ON")
             self._conn = conn
             self._migrate(conn)
         except sqlite3.Error as exc:
@@ -1197,6 +1269,304 @@ class SqliteStore:
             tuple(params),
         )
         return [visit_from_doc(json.loads(r["doc"])) for r in rows]
+
+    # consultation records -------------------------------------------------------
+    @staticmethod
+    def _header_doc(h: RecordHeader) -> str:
+        return json.dumps(
+            {
+                "clinician_id": h.clinician_id,
+                "versions": list(h.versions),
+                "signed_version": h.signed_version,
+                "signed_by": h.signed_by,
+                "signed_at": _t_or_none(h.signed_at),
+            }
+        )
+
+    @staticmethod
+    def _header(row: sqlite3.Row) -> RecordHeader:
+        doc = json.loads(row["doc"])
+        return RecordHeader(
+            id=row["id"],
+            patient_id=row["patient_id"],
+            clinician_id=doc["clinician_id"],
+            created_at=_dt(row["created_at"]),
+            rev=row["rev"],
+            versions=tuple(doc["versions"]),
+            signed_version=doc["signed_version"],
+            signed_by=doc["signed_by"],
+            signed_at=_dt_or_none(doc["signed_at"]),
+        )
+
+    async def add_record(self, header: RecordHeader) -> None:
+        await self.write(
+            "INSERT INTO records VALUES (?, ?, ?, ?, ?)",
+            (
+                header.id,
+                header.patient_id,
+                _t(header.created_at),
+                header.rev,
+                self._header_doc(header),
+            ),
+        )
+
+    async def get_record(self, record_id: str) -> RecordHeader | None:
+        rows = await self.rows("SELECT * FROM records WHERE id = ?", (record_id,))
+        return self._header(rows[0]) if rows else None
+
+    async def replace_record(self, header: RecordHeader) -> bool:
+        changed = await self.write(
+            "UPDATE records SET rev = ?, doc = ? WHERE id = ? AND rev = ?",
+            (header.rev, self._header_doc(header), header.id, header.rev - 1),
+        )
+        return bool(changed)
+
+    async def list_records(self, patient_id: str) -> list[RecordHeader]:
+        rows = await self.rows(
+            "SELECT * FROM records WHERE patient_id = ? ORDER BY created_at, id", (patient_id,)
+        )
+        return [self._header(r) for r in rows]
+
+    def _add_record_version(self, v: SealedVersion) -> None:
+        conn = self.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(
+                    "INSERT INTO record_versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        v.id,
+                        v.record_id,
+                        v.number,
+                        v.patient_id,
+                        v.kind.value,
+                        v.author_id,
+                        _t(v.created_at),
+                        v.key_id,
+                        json.dumps(list(v.attachment_ids)),
+                    ),
+                )
+                conn.executemany(
+                    "INSERT INTO record_fields VALUES (?, ?, ?)",
+                    [(v.id, name, sealed) for name, sealed in v.fields.items()],
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except sqlite3.IntegrityError as exc:
+            raise Conflict(str(exc)) from exc
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    async def add_record_version(self, version: SealedVersion) -> None:
+        await self._run(self._add_record_version, version)
+
+    async def record_versions(self, version_ids: Sequence[str]) -> list[SealedVersion]:
+        if not version_ids:
+            return []
+        marks = ", ".join("?" for _ in version_ids)
+        rows = await self.rows(
+            f"SELECT * FROM record_versions WHERE id IN ({marks})",  # noqa: S608
+            tuple(version_ids),
+        )
+        fields = await self.rows(
+            f"SELECT * FROM record_fields WHERE version_id IN ({marks})",  # noqa: S608
+            tuple(version_ids),
+        )
+        sealed: dict[str, dict[str, bytes]] = {}
+        for f in fields:
+            sealed.setdefault(f["version_id"], {})[f["name"]] = bytes(f["sealed"])
+        found = {
+            r["id"]: SealedVersion(
+                id=r["id"],
+                record_id=r["record_id"],
+                number=r["number"],
+                patient_id=r["patient_id"],
+                kind=VersionKind(r["kind"]),
+                author_id=r["author_id"],
+                created_at=_dt(r["created_at"]),
+                key_id=r["key_id"],
+                fields=sealed.get(r["id"], {}),
+                attachment_ids=tuple(json.loads(r["attachment_ids"])),
+            )
+            for r in rows
+        }
+        return [found[i] for i in version_ids if i in found]
+
+    @staticmethod
+    def _attachment(r: sqlite3.Row) -> SealedAttachment:
+        return SealedAttachment(
+            id=r["id"],
+            record_id=r["record_id"],
+            patient_id=r["patient_id"],
+            author_id=r["author_id"],
+            created_at=_dt(r["created_at"]),
+            content_type=r["content_type"],
+            size=r["size"],
+            key_id=r["key_id"],
+            name=bytes(r["name"]),
+            body=bytes(r["body"]),
+        )
+
+    async def add_attachment(self, attachment: SealedAttachment) -> None:
+        a = attachment
+        await self.write(
+            "INSERT INTO attachments VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                a.id,
+                a.record_id,
+                a.patient_id,
+                a.author_id,
+                _t(a.created_at),
+                a.content_type,
+                a.size,
+                a.key_id,
+                a.name,
+                a.body,
+            ),
+        )
+
+    async def get_attachment(self, attachment_id: str) -> SealedAttachment | None:
+        rows = await self.rows("SELECT * FROM attachments WHERE id = ?", (attachment_id,))
+        return self._attachment(rows[0]) if rows else None
+
+    async def list_attachments(self, record_id: str) -> list[SealedAttachment]:
+        rows = await self.rows(
+            "SELECT * FROM attachments WHERE record_id = ? ORDER BY created_at, id", (record_id,)
+        )
+        return [self._attachment(r) for r in rows]
+
+    # data keys ----------------------------------------------------------------------
+    @staticmethod
+    def _data_key(r: sqlite3.Row) -> WrappedKey:
+        return WrappedKey(
+            id=r["id"],
+            patient_id=r["patient_id"],
+            kek_id=r["kek_id"],
+            wrapped=bytes(r["wrapped"]),
+            created_at=_dt(r["created_at"]),
+            format=r["format"],
+        )
+
+    async def add_data_key(self, key: WrappedKey) -> None:
+        await self.write(
+            "INSERT INTO data_keys VALUES (?, ?, ?, ?, ?, ?)",
+            (key.id, key.patient_id, key.kek_id, key.wrapped, _t(key.created_at), key.format),
+        )
+
+    async def get_data_keys(self, key_ids: Collection[str]) -> dict[str, WrappedKey]:
+        ids = list(key_ids)
+        if not ids:
+            return {}
+        rows = await self.rows(
+            f"SELECT * FROM data_keys WHERE id IN ({', '.join('?' for _ in ids)})",  # noqa: S608
+            tuple(ids),
+        )
+        return {r["id"]: self._data_key(r) for r in rows}
+
+    async def data_keys_under(
+        self, kek_id: str, *, after: str = "", limit: int = 1000
+    ) -> list[WrappedKey]:
+        rows = await self.rows(
+            "SELECT * FROM data_keys WHERE kek_id = ? AND id > ? ORDER BY id LIMIT ?",
+            (kek_id, after, limit),
+        )
+        return [self._data_key(r) for r in rows]
+
+    def _rewrap(self, changes: Sequence[tuple[WrappedKey, WrappedKey]]) -> int:
+        conn = self.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                changed = 0
+                for old, new in changes:
+                    changed += conn.execute(
+                        "UPDATE data_keys SET kek_id = ?, wrapped = ?, format = ?"
+                        " WHERE id = ? AND kek_id = ? AND wrapped = ?",
+                        (new.kek_id, new.wrapped, new.format, old.id, old.kek_id, old.wrapped),
+                    ).rowcount
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return changed
+
+    async def rewrap_data_keys(self, changes: Sequence[tuple[WrappedKey, WrappedKey]]) -> int:
+        return await self._run(self._rewrap, changes) if changes else 0
+
+    async def count_data_keys(self) -> dict[str, int]:
+        rows = await self.rows("SELECT kek_id, COUNT(*) AS n FROM data_keys GROUP BY kek_id")
+        return {r["kek_id"]: r["n"] for r in rows}
+
+    def _delete_data_keys(self, patient_id: str) -> int:
+        deleted = self._write("DELETE FROM data_keys WHERE patient_id = ?", (patient_id,))
+        # the WAL still holds the pages that carried the keys: copy it back into the
+        # file (where secure_delete zeroed them) and truncate it
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return deleted
+
+    async def delete_data_keys(self, patient_id: str) -> int:
+        return await self._run(self._delete_data_keys, patient_id)
+
+    async def put_key_check(self, kek_id: str, check: bytes) -> bool:
+        changed = await self.write(
+            "INSERT OR IGNORE INTO key_checks VALUES (?, ?)", (kek_id, check)
+        )
+        return bool(changed)
+
+    async def key_checks(self) -> dict[str, bytes]:
+        rows = await self.rows("SELECT * FROM key_checks")
+        return {r["kek_id"]: bytes(r["check_value"]) for r in rows}
+
+    async def delete_key_check(self, kek_id: str) -> None:
+        await self.write("DELETE FROM key_checks WHERE kek_id = ?", (kek_id,))
+
+    # break-glass ----------------------------------------------------------------------
+    async def add_break_glass(self, grant: BreakGlass) -> None:
+        await self.write(
+            "INSERT INTO break_glass VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                grant.id,
+                grant.admin_id,
+                grant.patient_id,
+                grant.reason,
+                _t(grant.opened_at),
+                _t(grant.expires_at),
+            ),
+        )
+
+    async def break_glass_grants(
+        self, *, patient_id: str | None = None, admin_id: str | None = None
+    ) -> list[BreakGlass]:
+        where, params = ["1 = 1"], []
+        if patient_id is not None:
+            where.append("patient_id = ?")
+            params.append(patient_id)
+        if admin_id is not None:
+            where.append("admin_id = ?")
+            params.append(admin_id)
+        rows = await self.rows(
+            f"SELECT * FROM break_glass WHERE {' AND '.join(where)}"  # noqa: S608
+            " ORDER BY opened_at DESC, id DESC",
+            tuple(params),
+        )
+        return [
+            BreakGlass(
+                id=r["id"],
+                admin_id=r["admin_id"],
+                patient_id=r["patient_id"],
+                reason=r["reason"],
+                opened_at=_dt(r["opened_at"]),
+                expires_at=_dt(r["expires_at"]),
+            )
+            for r in rows
+        ]
 
 
 def _statements(script: str) -> list[str]:

@@ -16,6 +16,7 @@ from telemed.clock import Clock
 from telemed.i18n import Catalogues
 from telemed.probes import Probe
 from telemed.reception import Reception
+from telemed.records_office import RecordsOffice
 from telemed.sessions import SessionPolicy
 from telemed.settings import Settings
 from telemed.store import Store
@@ -45,3 +46,4 @@ SIGNALING: web.AppKey[SignalingServer] = web.AppKey("signaling")
 VISIT_ROOMS: web.AppKey[VisitRooms] = web.AppKey("visit_rooms")  # imports the web layer too
 RECEPTION = web.AppKey("reception", Reception)
 CATALOGUES = web.AppKey("catalogues", Catalogues)  # the patient pages' languages
+RECORDS = web.AppKey("records", RecordsOffice)
