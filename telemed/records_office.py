@@ -28,7 +28,14 @@ from typing import ParamSpec, TypeVar
 from telemed.accounts import Role, new_id
 from telemed.audit import Outcome
 from telemed.clinic import Actor, Clinic
-from telemed.errors import Conflict, Forbidden, NotFound, StoreUnavailable, ValidationError
+from telemed.errors import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    StoreUnavailable,
+    TelemedError,
+    ValidationError,
+)
 from telemed.keyring import KeyringError
 from telemed.records import (
     ADDENDUM_FIELD,
@@ -70,9 +77,13 @@ class Reader(StrEnum):
     BREAK_GLASS = "break_glass"
 
 
-class RecordUnreadable(Exception):
+class RecordUnreadable(TelemedError):
     """A record cannot be opened (erased, a missing or wrong key, altered data): the
     message says which. Never answered with partial or garbled content."""
+
+    def __init__(self, message: str, *, erased: bool) -> None:
+        super().__init__(message)
+        self.erased = erased
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +231,7 @@ class RecordsOffice:
                 versions.append(await self._call(self._open_version, header, number, sealed, key))
             files = [await self._call(self._open_attachment_name, a, key) for a in attachments]
         except (SealError, KeyringError) as exc:
-            raise RecordUnreadable(str(exc)) from exc
+            raise RecordUnreadable(str(exc), erased=isinstance(exc, Shredded)) from exc
         if patient_reader and versions:
             shown = set(versions[0].attachment_ids)
             files = [a for a in files if a.id in shown]
@@ -290,7 +301,7 @@ class RecordsOffice:
             await self._audit(
                 actor, "attachment.read", stored.patient_id, entity, str(exc), Outcome.FAILURE
             )
-            raise RecordUnreadable(str(exc)) from exc
+            raise RecordUnreadable(str(exc), erased=isinstance(exc, Shredded)) from exc
         detail = f"break-glass {grant}" if grant else f"as {reader.value}"
         await self._audit(actor, "attachment.read", stored.patient_id, entity, detail)
         return meta, body

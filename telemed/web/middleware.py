@@ -21,12 +21,15 @@ from telemed import sessions
 from telemed.accounts import User
 from telemed.clinic import Actor
 from telemed.errors import (
+    Conflict,
     Forbidden,
     NotFound,
     StoreUnavailable,
     Unauthenticated,
     ValidationError,
 )
+from telemed.keyring import KeyringError
+from telemed.records_office import RecordUnreadable
 from telemed.sessions import Session
 from telemed.tokens import token_hash
 from telemed.web.keys import CLOCK, METRICS, SESSION_POLICY, SETTINGS, STORE
@@ -124,6 +127,19 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         except NotFound as exc:
             status = 404
             return error_response(request, 404, str(exc) or "Not found.")
+        except Conflict as exc:
+            status = 409
+            return error_response(request, 409, str(exc))
+        except RecordUnreadable as exc:
+            # erased: gone for good; otherwise a key or the stored data is wrong (an
+            # operator's problem, said plainly, never answered with partial content)
+            status = 410 if exc.erased else 500
+            log.error("record unreadable request_id=%s erased=%s", request_id, exc.erased)
+            return error_response(request, status, str(exc))
+        except KeyringError as exc:
+            status = 503
+            log.error("keyring error request_id=%s: %s", request_id, exc)
+            return error_response(request, 503, str(exc))
         except StoreUnavailable:
             status = 503
             log.exception("store unavailable request_id=%s", request_id)
