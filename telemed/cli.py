@@ -21,6 +21,7 @@ import signal
 import socket
 import ssl
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -39,8 +40,11 @@ from telemed.audit import averify
 from telemed.clinic import OPERATOR, Clinic
 from telemed.clock import iso, truncate, utcnow
 from telemed.errors import TelemedError
+from telemed.key_custody import KeyCustody, open_key_provider
+from telemed.keyring import EnvKeys, KeyFile, KeyProvider, new_key_id
 from telemed.logs import configure
 from telemed.reception import Reception, booking_json, visit_policy
+from telemed.sealing import Sealer
 from telemed.settings import ConfigError, Settings, load_settings
 from telemed.store import Store, open_store
 
@@ -351,6 +355,120 @@ def cmd_audit_verify(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(_with_clinic(settings, work))
 
 
+class ProgressBar:
+    """A one-line progress bar on standard error: what is done, what is left, the rate."""
+
+    WIDTH = 30
+
+    def __init__(self, label: str, *, stream: Any = None) -> None:
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.started = time.monotonic()
+        self.shown = False
+
+    def __call__(self, done: int, total: int) -> None:
+        filled = self.WIDTH if total == 0 else self.WIDTH * done // max(total, 1)
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        self.stream.write(
+            f"\r{self.label} [{'#' * filled}{'.' * (self.WIDTH - filled)}] "
+            f"{done:,}/{total:,}, {total - done:,} left, {done / elapsed:,.0f}/s "
+        )
+        self.stream.flush()
+        self.shown = True
+
+    def close(self) -> None:
+        if self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+async def _with_keys(
+    settings: Settings, work: Callable[[Clinic, KeyCustody, KeyProvider], Awaitable[int]]
+) -> int:
+    async def keyed(clinic: Clinic) -> int:
+        provider = await open_key_provider(settings, clinic.store, utcnow)
+        return await work(clinic, KeyCustody(clinic.store, Sealer(provider)), provider)
+
+    return await _with_clinic(settings, keyed)
+
+
+def cmd_keys_status(args: argparse.Namespace, settings: Settings) -> int:
+    async def work(clinic: Clinic, custody: KeyCustody, provider: KeyProvider) -> int:
+        rows = await custody.status()
+        data = {
+            "provider": provider.description,
+            "keys": [dataclasses.asdict(r) for r in rows],
+        }
+        lines = [f"Key-encryption keys ({provider.description}):"]
+        for r in rows:
+            marks = ("primary" if r.primary else "") + ("" if r.held else " NOT HELD")
+            lines.append(f"  {r.kek_id}  wraps {r.data_keys:,} data keys  {marks}".rstrip())
+        emit(args, data, "\n".join(lines))
+        return 0
+
+    return asyncio.run(_with_keys(settings, work))
+
+
+def cmd_keys_rotate(args: argparse.Namespace, settings: Settings) -> int:
+    bar = ProgressBar("re-wrapping data keys")
+    state = {"done": 0}
+
+    def progress(done: int, total: int) -> None:
+        state["done"] = done
+        if not args.json:
+            bar(done, total)
+
+    async def work(clinic: Clinic, custody: KeyCustody, provider: KeyProvider) -> int:
+        now_key = None
+        if isinstance(provider, KeyFile):
+            key_file = provider
+            now_key = lambda: key_file.add_primary(utcnow())  # noqa: E731
+        rotation = await custody.rotate(add=not args.resume, now_key=now_key, progress=progress)
+        bar.close()
+        await clinic.audit(
+            OPERATOR,
+            "keys.rotate",
+            entity=f"Key/{rotation.primary}",
+            detail=f"added={rotation.added} rewrapped={rotation.rewrapped}",
+        )
+        emit(
+            args,
+            dataclasses.asdict(rotation),
+            f"primary key {rotation.primary}"
+            + (" (new)" if rotation.added else "")
+            + f"; {rotation.rewrapped:,} data keys re-wrapped; older keys now wrap nothing",
+        )
+        return 0
+
+    try:
+        return asyncio.run(_with_keys(settings, work))
+    except KeyboardInterrupt:
+        bar.close()
+        sys.stderr.write(
+            f"telemed: rotation interrupted after {state['done']:,} data keys; what was "
+            "re-wrapped stays so. Finish with: telemed keys rotate --resume\n"
+        )
+        return 130
+
+
+def cmd_keys_remove(args: argparse.Namespace, settings: Settings) -> int:
+    async def work(clinic: Clinic, custody: KeyCustody, provider: KeyProvider) -> int:
+        forget = provider.remove if isinstance(provider, KeyFile) else None
+        await custody.remove(args.id, forget=forget)
+        await clinic.audit(OPERATOR, "keys.remove", entity=f"Key/{args.id}")
+        emit(args, {"removed": args.id}, f"key {args.id} removed (it wrapped nothing)")
+        return 0
+
+    return asyncio.run(_with_keys(settings, work))
+
+
+def cmd_keys_new_env(args: argparse.Namespace, settings: Settings) -> int:
+    """A fresh key for the environment provider (printed once; nothing is stored)."""
+    pair = EnvKeys.generate(new_key_id(utcnow()))
+    emit(args, {"key": pair}, pair)
+    return 0
+
+
 def _enrollment(clinic: Clinic, settings: Settings) -> Enrollment:
     from devices.broker import broker_access
 
@@ -656,6 +774,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--seed", type=int, help="random seed, for a repeatable run")
     sim.set_defaults(func=cmd_simulate)
+
+    keys = sub.add_parser(
+        "keys", help="the key-encryption keys of the records (see README, Keys)"
+    ).add_subparsers(dest="keys_command", required=True)
+    kstatus = keys.add_parser("status", help="how many data keys each key id wraps")
+    json_flag(kstatus)
+    kstatus.set_defaults(func=cmd_keys_status)
+    krotate = keys.add_parser(
+        "rotate",
+        help="add a key, make it primary, re-wrap every data key (safe while the server runs)",
+    )
+    krotate.add_argument(
+        "--resume",
+        action="store_true",
+        help="add no key: finish an interrupted rotation (or one to a primary set by hand)",
+    )
+    json_flag(krotate)
+    krotate.set_defaults(func=cmd_keys_rotate)
+    kremove = keys.add_parser("remove", help="remove a retired key; only when it wraps nothing")
+    kremove.add_argument("id")
+    json_flag(kremove)
+    kremove.set_defaults(func=cmd_keys_remove)
+    knew = keys.add_parser(
+        "new-env-key", help="print a fresh id=key pair for TELEMED_RECORDS_ENV_KEYS"
+    )
+    json_flag(knew)
+    knew.set_defaults(func=cmd_keys_new_env)
 
     dm = sub.add_parser("demo", help="demo data").add_subparsers(dest="demo_command", required=True)
     seed = dm.add_parser("seed", help="seed a demo clinic into an empty SQLite store")
