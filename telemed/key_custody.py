@@ -60,11 +60,12 @@ async def open_key_provider(settings: Settings, store: Store, clock: Clock) -> K
     if records.key_provider == "env":
         provider = EnvKeys(records.env_keys.reveal(), ENV_VARIABLE)
     else:
-        key_file = KeyFile(settings.resolve(records.key_file))
+        key_file = KeyFile(settings.key_file)
         if await asyncio.to_thread(key_file.exists):
             await asyncio.to_thread(key_file.load)
         else:
-            in_use = sorted(set(await store.key_checks()) | set(await store.count_data_keys()))
+            # a store whose data keys are all gone (or never were) loses nothing to a new key
+            in_use = sorted(await store.count_data_keys())
             if in_use:
                 raise KeyringError(
                     f"key file {key_file.path} not found, and the store holds records sealed "

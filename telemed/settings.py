@@ -130,7 +130,7 @@ class SignalingSettings:
 @dataclass(frozen=True, slots=True)
 class RecordSettings:
     key_provider: str = field(metadata={"choices": ("file", "env")})
-    key_file: str  # the key-encryption keys (provider "file"); keep it apart from backups
+    key_file: str  # the key-encryption keys (provider "file"); "" puts it in var_dir/keys
     env_keys: Secret  # provider "env": "id=base64key,..." (primary first), from the environment
     attachment_max_kib: int = field(metadata={"min": 1, "max": 15 * 1024})
     attachment_types: str  # comma-separated; each must be one the server can recognize
@@ -174,6 +174,13 @@ class Settings:
             return self.server.public_url.rstrip("/")
         scheme = "https" if self.server.tls_cert else "http"
         return f"{scheme}://{self.server.host}:{self.server.port}"
+
+    @property
+    def key_file(self) -> Path:
+        """Where the records' key-encryption keys are kept (provider "file")."""
+        if self.records.key_file:
+            return self.resolve(self.records.key_file)
+        return self.var_dir / "keys" / "record-keys.json"
 
     def resolve(self, path: str) -> Path:
         """A path from the config, relative to the config file's folder."""
@@ -336,8 +343,6 @@ def _check_cross_field(s: Settings) -> None:
             "records.env_keys: required when records.key_provider is env (set "
             "TELEMED_RECORDS_ENV_KEYS to id=base64key)"
         )
-    if s.records.key_provider == "file" and not s.records.key_file:
-        raise ConfigError("records.key_file: expected a file path")
     for kind in split_urls(s.records.attachment_types):
         if kind not in ATTACHMENT_TYPES:
             allowed = ", ".join(ATTACHMENT_TYPES)
