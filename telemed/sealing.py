@@ -8,16 +8,15 @@ a patient destroys their data keys, after which nothing of theirs can be opened.
 
 Stored forms:
 - a sealed field: `format (1 byte) | nonce (12) | ciphertext and tag`, opened only with
-  the associated data `[format, record id, version, patient id, field]`: a ciphertext
+  the associated data (format, record id, version, patient id, field): a ciphertext
   copied to another record, version, field or patient, or given another format byte,
   fails its tag check;
 - a wrapped data key (`WrappedKey`): its id, patient, KEK id, format and the KEK's
-  ciphertext of the key, bound to `[format, data key id, patient id, KEK id]`.
+  ciphertext of the key, bound to (format, data key id, patient id, KEK id).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from datetime import datetime
@@ -67,13 +66,21 @@ class WrappedKey:
     format: int = FORMAT
 
 
+# Associated data: each text part carries its length, so that no two different bindings
+# encode to the same bytes ("ab" + "c" is not "a" + "bc").
 def field_aad(binding: Binding, fmt: int = FORMAT) -> bytes:
-    body = [fmt, binding.record_id, binding.version, binding.patient_id, binding.field]
-    return json.dumps(body, separators=(",", ":")).encode()
+    b = binding
+    return (
+        f"telemed-field|{fmt}|{len(b.record_id)}:{b.record_id}|{b.version}|"
+        f"{len(b.patient_id)}:{b.patient_id}|{len(b.field)}:{b.field}"
+    ).encode()
 
 
 def wrap_aad(key_id: str, patient_id: str, kek_id: str, fmt: int = FORMAT) -> bytes:
-    return json.dumps([fmt, key_id, patient_id, kek_id], separators=(",", ":")).encode()
+    return (
+        f"telemed-key|{fmt}|{len(key_id)}:{key_id}|{len(patient_id)}:{patient_id}|"
+        f"{len(kek_id)}:{kek_id}"
+    ).encode()
 
 
 class DataKey:
