@@ -1,8 +1,10 @@
 """FHIR R4 shapes of the server's data, and the searches that read them.
 
-Patient, AuditEvent, Observation (vital signs), Device, Bundle, CapabilityStatement; the
-parameters of `GET /fhir/Observation` and `GET /fhir/Device`, and the paged walk over
-the store that answers an Observation search.
+Patient, AuditEvent, Observation (vital signs), Device, Encounter (a video visit), the
+consultation record as Composition, Condition and MedicationRequest, Bundle,
+CapabilityStatement; the parameters of `GET /fhir/Observation` and `GET /fhir/Device`,
+the paged walk over the store that answers an Observation search, and the access rule
+of an Encounter search.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import html
 import itertools
 import json
 import re
@@ -19,12 +22,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from telemed import __version__
-from telemed.accounts import Patient
+from telemed.accounts import Patient, may_see_patient
 from telemed.audit import AuditRecord, Outcome
+from telemed.clinic import Actor, Clinic
 from telemed.clock import iso
-from telemed.errors import ValidationError
+from telemed.errors import Forbidden, ValidationError
 from telemed.monitoring import Device, Observation
+from telemed.records import Chart, Note, Prescription, Version
 from telemed.store import Store
+from telemed.visits import Visit, VisitState
 
 FHIR_VERSION = "4.0.1"
 MEDIA_TYPE = "application/fhir+json"
@@ -74,6 +80,41 @@ _ACTION_VERBS = {
     "remove": "D",
     "delete": "D",
 }
+
+ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+PARTICIPATION_TYPE = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
+ICD10 = "http://hl7.org/fhir/sid/icd-10"
+CONDITION_CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+CONDITION_CATEGORY = "http://terminology.hl7.org/CodeSystem/condition-category"
+XHTML = "http://www.w3.org/1999/xhtml"
+EVERYTHING = "http://hl7.org/fhir/OperationDefinition/Encounter-everything"
+CONSULT_NOTE = "11488-4"
+
+# R4 Encounter.status for each visit state. The waiting room is "arrived" (R4: "the
+# patient is present for the encounter, however is not currently meeting with a
+# practitioner"). R4 Encounter has no no-show status (only Appointment has "noshow"); a
+# missed visit is "cancelled", which R4 defines as "the Encounter has ended before it
+# has begun" -- what a no-show is.
+ENCOUNTER_STATUS: Mapping[VisitState, str] = {
+    VisitState.SCHEDULED: "planned",
+    VisitState.WAITING: "arrived",
+    VisitState.IN_CALL: "in-progress",
+    VisitState.ENDED: "finished",
+    VisitState.CANCELLED: "cancelled",
+    VisitState.NO_SHOW: "cancelled",
+}
+assert set(ENCOUNTER_STATUS) == set(VisitState)
+
+# The SOAP parts of a note as Composition sections: the LOINC section codes of the FHIR
+# doc-section-codes value set (those C-CDA uses), with LOINC's display names.
+SOAP_SECTIONS: tuple[tuple[str, str, str, str], ...] = (
+    ("subjective", "Subjective", "61150-9", "Subjective Narrative"),
+    ("objective", "Objective", "61149-1", "Objective Narrative"),
+    ("assessment", "Assessment", "51848-0", "Evaluation note"),
+    ("plan", "Plan", "18776-5", "Plan of care note"),
+)
+# FHIR strings hold no control characters but tab, CR and LF (and XHTML none at all)
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffe\uffff]")
 
 
 def patient(p: Patient, base_url: str) -> dict[str, Any]:
@@ -282,26 +323,280 @@ def device(d: Device, base_url: str) -> dict[str, Any]:
     }
 
 
+# Encounters and consultation records ---------------------------------------------------
+def encounter(visit: Visit, base_url: str) -> dict[str, Any]:
+    """A video visit: who, when, and where it stands. Administrative only: no reason,
+    diagnosis or note (those are the record's, read through the records office)."""
+    history = visit.transitions
+    resource: dict[str, Any] = {
+        "resourceType": "Encounter",
+        "id": visit.id,
+        "meta": {"lastUpdated": iso(history[-1].at if history else visit.created_at)},
+        "identifier": [{"system": f"{base_url}/fhir/sid/visit-id", "value": visit.id}],
+        "status": ENCOUNTER_STATUS[visit.state],
+        "class": {"system": ACT_CODE, "code": "VR", "display": "virtual"},
+        "subject": {"reference": f"Patient/{visit.patient_id}"},
+        "participant": [
+            {
+                "type": [
+                    {
+                        "coding": [
+                            {"system": PARTICIPATION_TYPE, "code": "ATND", "display": "attender"}
+                        ]
+                    }
+                ],
+                "individual": {"reference": f"Practitioner/{visit.clinician_id}"},
+            }
+        ],
+    }
+    if history:
+        resource["statusHistory"] = [
+            {
+                "status": ENCOUNTER_STATUS[t.state],
+                "period": {
+                    "start": iso(t.at),
+                    **({"end": iso(history[n + 1].at)} if n + 1 < len(history) else {}),
+                },
+            }
+            for n, t in enumerate(history)
+        ]
+    period = _encounter_period(visit)
+    if period:
+        resource["period"] = period
+    return resource
+
+
+def _encounter_period(visit: Visit) -> dict[str, str]:
+    """When the call was: from admission to the end. Before a call, the planned start;
+    a visit that became final without a call (cancelled, missed, ended from the waiting
+    room) has no period, as it never took place."""
+    if visit.admitted_at is not None:
+        period = {"start": iso(visit.admitted_at)}
+        if visit.state.final and visit.ended_at is not None:
+            period["end"] = iso(visit.ended_at)
+        return period
+    if visit.open:
+        return {"start": iso(visit.scheduled_at)}
+    return {}
+
+
+def shown_note(chart: Chart) -> Version | None:
+    """The note version a reader is shown: the signed one, else the latest draft (a
+    patient's chart holds only the signed one and what came after it)."""
+    return chart.signed_note if chart.header.signed else chart.latest_note
+
+
+def record_resources(chart: Chart, base_url: str) -> list[dict[str, Any]]:
+    """The record as FHIR: a Composition (the note, its SOAP sections and addenda), a
+    Condition per diagnosis and a MedicationRequest per prescription; nothing when no
+    note was written yet. Ids derive from the visit id and the item's place in the note
+    (`<visit>-dx-1`, `<visit>-rx-1`): stable once the record is signed."""
+    version = shown_note(chart)
+    if version is None or version.note is None:
+        return []
+    conditions = [
+        _condition(chart, version, n, d.code, d.display)
+        for n, d in enumerate(version.note.diagnoses, start=1)
+    ]
+    requests = [
+        _medication_request(chart, version, n, p)
+        for n, p in enumerate(version.note.prescriptions, start=1)
+    ]
+    composition = _composition(chart, version, version.note, conditions, requests)
+    return [composition, *conditions, *requests]
+
+
+def _composition(
+    chart: Chart,
+    version: Version,
+    note: Note,
+    conditions: Sequence[dict[str, Any]],
+    requests: Sequence[dict[str, Any]],
+) -> dict[str, Any]:
+    h = chart.header
+    addenda = chart.addenda if h.signed else []
+    # R4 "amended": changed or added to after it was released as final
+    status = ("amended" if addenda else "final") if h.signed else "preliminary"
+    changed = max([version.created_at, *(a.created_at for a in addenda)])
+    authors = dict.fromkeys([version.author_id, *(a.author_id for a in addenda)])
+    entries = {
+        "assessment": (
+            [_reference(c) for c in conditions],
+            [f"{d.code}: {d.display}" for d in note.diagnoses],
+        ),
+        "plan": (
+            [_reference(r) for r in requests],
+            [f"{p.medication}: {_dosage_text(p)}" for p in note.prescriptions],
+        ),
+    }
+    sections: list[dict[str, Any]] = []
+    for part, title, code, display in SOAP_SECTIONS:
+        text: str = getattr(note, part)
+        refs, items = entries.get(part, ([], []))
+        if not text and not refs:
+            continue  # R4 cmp-1: a section holds text, entries or sections
+        blocks = [_paragraph(text)] if text else []
+        if items:
+            blocks.append("<ul>" + "".join(f"<li>{_xhtml(i)}</li>" for i in items) + "</ul>")
+        section: dict[str, Any] = {
+            "title": title,
+            "code": {"coding": [{"system": LOINC, "code": code, "display": display}]},
+            "text": _narrative(blocks),
+        }
+        if refs:
+            section["entry"] = refs
+        sections.append(section)
+    for addendum in addenda:
+        sections.append(
+            {
+                "title": f"Addendum, {addendum.created_at:%Y-%m-%d %H:%M} UTC",
+                "author": [{"reference": f"Practitioner/{addendum.author_id}"}],
+                "text": _narrative([_paragraph(addendum.addendum)]),
+            }
+        )
+    resource: dict[str, Any] = {
+        "resourceType": "Composition",
+        "id": h.id,
+        "meta": {"lastUpdated": iso(max(changed, h.signed_at or changed))},
+        "status": status,
+        "type": {
+            "coding": [{"system": LOINC, "code": CONSULT_NOTE, "display": "Consult note"}],
+            "text": "Consult note",
+        },
+        "subject": {"reference": f"Patient/{h.patient_id}"},
+        "encounter": {"reference": f"Encounter/{h.id}"},
+        "date": iso(changed),
+        "author": [{"reference": f"Practitioner/{a}"} for a in authors],
+        "title": "Consult note",
+    }
+    if h.signed and h.signed_at is not None:
+        resource["attester"] = [
+            {
+                "mode": "legal",
+                "time": iso(h.signed_at),
+                "party": {"reference": f"Practitioner/{h.signed_by}"},
+            }
+        ]
+    if sections:  # FHIR JSON has no empty arrays
+        resource["section"] = sections
+    return resource
+
+
+def _condition(chart: Chart, version: Version, n: int, code: str, display: str) -> dict[str, Any]:
+    h = chart.header
+    display = _plain(display)
+    return {
+        "resourceType": "Condition",
+        "id": f"{h.id}-dx-{n}",
+        "clinicalStatus": {
+            "coding": [{"system": CONDITION_CLINICAL, "code": "active", "display": "Active"}]
+        },
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": CONDITION_CATEGORY,
+                        "code": "encounter-diagnosis",
+                        "display": "Encounter Diagnosis",
+                    }
+                ]
+            }
+        ],
+        # the doctor's own wording is the display: ICD-10's titles are not shipped here
+        "code": {"coding": [{"system": ICD10, "code": code, "display": display}], "text": display},
+        "subject": {"reference": f"Patient/{h.patient_id}"},
+        "encounter": {"reference": f"Encounter/{h.id}"},
+        "recordedDate": iso(version.created_at),
+        "recorder": {"reference": f"Practitioner/{version.author_id}"},
+    }
+
+
+def _medication_request(chart: Chart, version: Version, n: int, p: Prescription) -> dict[str, Any]:
+    """A prescription: "active" once the record is signed; a draft's is "draft" (R4: not
+    yet actionable), never an order anyone could act on."""
+    h = chart.header
+    dosage: dict[str, Any] = {
+        "text": _dosage_text(p),
+        "timing": {"code": {"text": _plain(p.frequency)}},  # R4 Timing.code: "or just text"
+        "route": {"text": _plain(p.route)},
+    }
+    if p.instructions:
+        dosage["patientInstruction"] = _plain(p.instructions)
+    return {
+        "resourceType": "MedicationRequest",
+        "id": f"{h.id}-rx-{n}",
+        "status": "active" if h.signed else "draft",
+        "intent": "order",
+        "medicationCodeableConcept": {"text": _plain(p.medication)},
+        "subject": {"reference": f"Patient/{h.patient_id}"},
+        "encounter": {"reference": f"Encounter/{h.id}"},
+        "authoredOn": iso(version.created_at),
+        "requester": {"reference": f"Practitioner/{h.signed_by or version.author_id}"},
+        "dosageInstruction": [dosage],
+    }
+
+
+def _dosage_text(p: Prescription) -> str:
+    """e.g. "500 mg, oral, three times a day, 7 days"."""
+    return ", ".join(_plain(part) for part in (p.dose, p.route, p.frequency, p.duration) if part)
+
+
+def _reference(resource: Mapping[str, Any]) -> dict[str, str]:
+    return {"reference": f"{resource['resourceType']}/{resource['id']}"}
+
+
+def _plain(text: str) -> str:
+    return _CONTROL.sub("", text)
+
+
+def _xhtml(text: str) -> str:
+    return html.escape(_plain(text))
+
+
+def _paragraph(text: str) -> str:
+    """Text as one XHTML paragraph, escaped, its line breaks kept."""
+    return "<p>" + "<br/>".join(_xhtml(line) for line in text.splitlines()) + "</p>"
+
+
+def _narrative(blocks: Sequence[str]) -> dict[str, str]:
+    return {"status": "generated", "div": f'<div xmlns="{XHTML}">{"".join(blocks)}</div>'}
+
+
+def encounter_everything(visit: Visit, chart: Chart, base_url: str) -> dict[str, Any]:
+    """`Encounter/<id>/$everything`: a searchset (as the operation's definition says),
+    the Encounter its match, the record's resources included."""
+    return bundle(
+        [encounter(visit, base_url)],
+        base_url,
+        included=record_resources(chart, base_url),
+        links=[("self", f"{base_url}/fhir/Encounter/{visit.id}/$everything")],
+    )
+
+
 def bundle(
     resources: list[dict[str, Any]],
     base_url: str,
     kind: str = "searchset",
     *,
+    included: Sequence[dict[str, Any]] = (),
     links: Sequence[tuple[str, str]] = (),
     total: bool = True,
 ) -> dict[str, Any]:
-    """`links` are (relation, url) pairs; `total` False leaves it out (a paged search)."""
+    """`links` are (relation, url) pairs; `total` False leaves it out (a paged search).
+    In a searchset, `resources` are the matches and `included` come with them (search
+    mode "include", not counted in `total`)."""
     entries = [
         {
             "fullUrl": f"{base_url}/fhir/{r['resourceType']}/{r['id']}",
             "resource": r,
-            **({"search": {"mode": "match"}} if kind == "searchset" else {}),
+            **({"search": {"mode": mode}} if kind == "searchset" else {}),
         }
-        for r in resources
+        for mode, group in (("match", resources), ("include", included))
+        for r in group
     ]
     out: dict[str, Any] = {"resourceType": "Bundle", "type": kind}
     if kind == "searchset" and total:
-        out["total"] = len(entries)
+        out["total"] = len(resources)
     if links:
         out["link"] = [{"relation": relation, "url": url} for relation, url in links]
     if entries:  # FHIR JSON has no empty arrays
@@ -311,8 +606,13 @@ def bundle(
 
 def capability_statement(base_url: str, now: str) -> dict[str, Any]:
     def resource(
-        kind: str, interactions: list[str], params: list[tuple[str, str, str]]
+        kind: str,
+        interactions: list[str],
+        params: list[tuple[str, str, str]],
+        operations: Sequence[tuple[str, str, str]] = (),
     ) -> dict[str, Any]:
+        """`params` are (name, type, documentation); `operations` (name, definition,
+        documentation)."""
         out: dict[str, Any] = {
             "type": kind,
             "interaction": [{"code": i} for i in interactions],
@@ -320,6 +620,10 @@ def capability_statement(base_url: str, now: str) -> dict[str, Any]:
         if params:  # FHIR JSON has no empty arrays
             out["searchParam"] = [
                 {"name": n, "type": t, **({"documentation": d} if d else {})} for n, t, d in params
+            ]
+        if operations:
+            out["operation"] = [
+                {"name": n, "definition": u, "documentation": d} for n, u, d in operations
             ]
         return out
 
@@ -350,7 +654,9 @@ def capability_statement(base_url: str, now: str) -> dict[str, Any]:
                     ],
                     "description": "A clinician sees only the patients of their care teams; "
                     "vital signs are for the care team and the patient; "
-                    "AuditEvent is for admins.",
+                    "consultation records (Encounter/$everything) are for the care team, "
+                    "for the patient once signed, and for an admin only through "
+                    "break-glass; AuditEvent is for admins.",
                 },
                 "resource": [
                     resource("Patient", ["read", "search-type"], []),
@@ -382,6 +688,22 @@ def capability_statement(base_url: str, now: str) -> dict[str, Any]:
                         ],
                     ),
                     resource("Device", ["search-type"], [patient]),
+                    resource(
+                        "Encounter",
+                        ["search-type"],
+                        [patient],
+                        [
+                            (
+                                "everything",
+                                EVERYTHING,
+                                "GET Encounter/<id>/$everything: a searchset of the "
+                                "Encounter (match) and its consultation record (include): "
+                                f"a Composition (LOINC {CONSULT_NOTE}, one section per "
+                                "SOAP part and per addendum), a Condition per diagnosis "
+                                f"({ICD10}) and a MedicationRequest per prescription.",
+                            )
+                        ],
+                    ),
                     resource("AuditEvent", ["search-type"], [("patient", "reference", "")]),
                 ],
             }
@@ -499,6 +821,39 @@ def patient_param(query: Query) -> str:
     if not _ID.fullmatch(value):
         raise ValidationError("patient", "must be a patient id or Patient/<id>")
     return value
+
+
+async def encounters_of_patient(clinic: Clinic, actor: Actor, patient_id: str) -> list[Visit]:
+    """The patient's visits, for `GET /fhir/Encounter?patient=`, oldest first.
+
+    An Encounter is the administrative record of a visit (who, when, its state), so
+    its rule is the Patient resource's (`may_see_patient`): the care team, the patient
+    themself, and admins. The clinical content of a visit is the records office's to
+    give (`Encounter/<id>/$everything`). Audited as encounter.search, refusals too.
+    """
+    user = actor.user
+    allowed = actor.is_operator
+    if not allowed and user is not None:
+        allowed = may_see_patient(user, patient_id, await clinic.store.care_team(patient_id))
+    if not allowed:
+        await clinic.audit(
+            actor,
+            "encounter.search",
+            Outcome.DENIED,
+            patient_id=patient_id,
+            entity=f"Patient/{patient_id}",
+            detail="not on the care team",
+        )
+        raise Forbidden("encounter.search: this patient is not in your care")
+    visits = await clinic.store.list_visits(patient_id=patient_id)
+    await clinic.audit(
+        actor,
+        "encounter.search",
+        patient_id=patient_id,
+        entity="Encounter",
+        detail=f"count={len(visits)}",
+    )
+    return visits
 
 
 def parse_observation_search(query: Query) -> ObservationSearch:

@@ -1,5 +1,6 @@
 """FHIR R4 REST: metadata, Patient read and search, Observation (vital signs) and Device
-search, AuditEvent search (admins)."""
+search, Encounter search and the consultation record as Encounter/$everything, AuditEvent
+search (admins)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from telemed import fhir
 from telemed.accounts import Role
 from telemed.audit import Outcome
 from telemed.clock import iso
+from telemed.errors import NotFound
 from telemed.web.auth import require
-from telemed.web.keys import CLINIC, CLOCK, ENROLLMENT, SETTINGS, STORE
+from telemed.web.keys import CLINIC, CLOCK, ENROLLMENT, RECORDS, SETTINGS, STORE
 from telemed.web.middleware import actor
 
 routes = web.RouteTableDef()
@@ -113,3 +115,33 @@ async def search_devices(request: web.Request) -> web.Response:
     devices = await request.app[ENROLLMENT].list(actor(request), patient_id)
     self_link = ("self", _url(base, "Device", [("patient", patient_id)]))
     return fhir_json(fhir.bundle([fhir.device(d, base) for d in devices], base, links=[self_link]))
+
+
+@routes.get("/fhir/Encounter")
+async def search_encounters(request: web.Request) -> web.Response:
+    """A patient's video visits, oldest first: for the care team, the patient themself
+    and admins (an Encounter is administrative, as the Patient resource is); audited as
+    encounter.search."""
+    await require(request)
+    base = request.app[SETTINGS].base_url
+    patient_id = fhir.patient_param(_query(request))
+    visits = await fhir.encounters_of_patient(request.app[CLINIC], actor(request), patient_id)
+    self_link = ("self", _url(base, "Encounter", [("patient", patient_id)]))
+    resources = [fhir.encounter(v, base) for v in visits]
+    return fhir_json(fhir.bundle(resources, base, links=[self_link]))
+
+
+@routes.get("/fhir/Encounter/{visit_id}/$everything")
+async def encounter_everything(request: web.Request) -> web.Response:
+    """A visit's Encounter and its consultation record. The records office decides who
+    reads the record and audits the read (record.read): the care team reads the latest
+    draft or the signed note, the patient only a signed one (404 before), an admin only
+    through break-glass."""
+    await require(request)
+    base = request.app[SETTINGS].base_url
+    visit_id = request.match_info["visit_id"]
+    chart = await request.app[RECORDS].chart(actor(request), visit_id)
+    visit = await request.app[STORE].get_visit(visit_id)
+    if visit is None:  # the office found it a moment ago: deleted since
+        raise NotFound(f"visit {visit_id} does not exist")
+    return fhir_json(fhir.encounter_everything(visit, chart, base))
