@@ -63,6 +63,14 @@ from telemed.monitoring import (
     Severity,
     Threshold,
 )
+from telemed.records import (
+    BreakGlass,
+    RecordHeader,
+    SealedAttachment,
+    SealedVersion,
+    VersionKind,
+)
+from telemed.sealing import WrappedKey
 from telemed.sessions import Session
 from telemed.throttle import Throttle
 from telemed.tokens import ApiToken
@@ -99,6 +107,16 @@ CHECK_INS = "check_ins"
 ALERTS = "alerts"
 # A visit is kept whole under `doc`, beside the fields it is found and sorted by
 VISITS = "visits"
+# Consultation records (`telemed.records`): a header per record (`_id` = the record's id,
+# compare and set on `rev`), its sealed versions and attachments (sealed values as BSON
+# binary), the data keys they are sealed under, wrapped by key-encryption keys, one check
+# value per KEK (`_id` = the KEK's id), and break-glass grants.
+RECORDS = "records"
+RECORD_VERSIONS = "record_versions"
+ATTACHMENTS = "attachments"
+DATA_KEYS = "data_keys"
+KEY_CHECKS = "key_checks"
+BREAK_GLASS = "break_glass"
 
 # Acknowledged means durable: journaled on a majority of the replica set.
 DURABLE = WriteConcern(w="majority", j=True)
@@ -155,6 +173,29 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel(
             [("patient_id", ASCENDING), ("scheduled_at", ASCENDING)],
             name="by_patient_scheduled_at",
+        ),
+    ],
+    RECORDS: [
+        IndexModel(
+            [("patient_id", ASCENDING), ("created_at", ASCENDING)],
+            name="by_patient_created_at",
+        ),
+    ],
+    ATTACHMENTS: [
+        IndexModel(
+            [("record_id", ASCENDING), ("created_at", ASCENDING)],
+            name="by_record_created_at",
+        ),
+    ],
+    DATA_KEYS: [
+        # serves `data_keys_under` (rotation pages through a KEK's keys by id); `key_id`
+        # repeats `_id` so that the index can end with it, as `seq` does in the audit log
+        IndexModel([("kek_id", ASCENDING), ("key_id", ASCENDING)], name="by_kek_key_id"),
+        IndexModel([("patient_id", ASCENDING)], name="by_patient"),
+    ],
+    BREAK_GLASS: [
+        IndexModel(
+            [("patient_id", ASCENDING), ("opened_at", ASCENDING)], name="by_patient_opened_at"
         ),
     ],
     AUDIT_LOG: [
@@ -354,6 +395,26 @@ class MongoStore:
         self._check_ins: AsyncCollection[Document] = self._db[CHECK_INS]
         self._alerts: AsyncCollection[Document] = self._db[ALERTS]
         self._visits: AsyncCollection[Document] = self._db[VISITS]
+        # journaled too: a note, or the data key it is sealed under, acknowledged and then
+        # lost would leave the records unreadable
+        self._records: AsyncCollection[Document] = self._db.get_collection(
+            RECORDS, write_concern=DURABLE
+        )
+        self._record_versions: AsyncCollection[Document] = self._db.get_collection(
+            RECORD_VERSIONS, write_concern=DURABLE
+        )
+        self._attachments: AsyncCollection[Document] = self._db.get_collection(
+            ATTACHMENTS, write_concern=DURABLE
+        )
+        self._data_keys: AsyncCollection[Document] = self._db.get_collection(
+            DATA_KEYS, write_concern=DURABLE
+        )
+        self._key_checks: AsyncCollection[Document] = self._db.get_collection(
+            KEY_CHECKS, write_concern=DURABLE
+        )
+        self._break_glass: AsyncCollection[Document] = self._db.get_collection(
+            BREAK_GLASS, write_concern=DURABLE
+        )
         self._closed = False
 
     @contextmanager
@@ -1450,3 +1511,282 @@ class MongoStore:
             )
             docs = await cursor.to_list()
         return [visit_from_doc(d["doc"]) for d in docs]
+
+    # consultation records -------------------------------------------------------
+    @staticmethod
+    def _header_doc(h: RecordHeader) -> Document:
+        return {
+            "_id": h.id,
+            "patient_id": h.patient_id,
+            "clinician_id": h.clinician_id,
+            "created_at": h.created_at,
+            "rev": h.rev,
+            "versions": list(h.versions),
+            "signed_version": h.signed_version,
+            "signed_by": h.signed_by,
+            "signed_at": h.signed_at,
+        }
+
+    @staticmethod
+    def _header(doc: Document) -> RecordHeader:
+        return RecordHeader(
+            id=doc["_id"],
+            patient_id=doc["patient_id"],
+            clinician_id=doc["clinician_id"],
+            created_at=_dt(doc["created_at"]),
+            rev=int(doc["rev"]),
+            versions=tuple(doc["versions"]),
+            signed_version=int(doc["signed_version"]),
+            signed_by=doc["signed_by"],
+            signed_at=_dt_or_none(doc.get("signed_at")),
+        )
+
+    async def add_record(self, header: RecordHeader) -> None:
+        with self._op(f"record {header.id}"):
+            await self._records.insert_one(self._header_doc(header))
+
+    async def get_record(self, record_id: str) -> RecordHeader | None:
+        with self._op(f"record {record_id}"):
+            doc = await self._records.find_one({"_id": record_id})
+        return self._header(doc) if doc else None
+
+    async def replace_record(self, header: RecordHeader) -> bool:
+        # the whole document, not $set: one write that matches only at the previous rev
+        with self._op(f"record {header.id}"):
+            result = await self._records.replace_one(
+                {"_id": header.id, "rev": header.rev - 1}, self._header_doc(header)
+            )
+        return result.matched_count == 1
+
+    async def list_records(self, patient_id: str) -> list[RecordHeader]:
+        with self._op(f"records of patient {patient_id}"):
+            cursor = self._records.find(
+                {"patient_id": patient_id}, sort=[("created_at", ASCENDING), ("_id", ASCENDING)]
+            )
+            docs = await cursor.to_list()
+        return [self._header(d) for d in docs]
+
+    @staticmethod
+    def _version_doc(v: SealedVersion) -> Document:
+        return {
+            "_id": v.id,
+            "record_id": v.record_id,
+            "number": v.number,
+            "patient_id": v.patient_id,
+            "kind": v.kind.value,
+            "author_id": v.author_id,
+            "created_at": v.created_at,
+            "key_id": v.key_id,
+            # a list, not a document keyed by name: names are data, not field names
+            "fields": [{"name": name, "sealed": sealed} for name, sealed in v.fields.items()],
+            "attachment_ids": list(v.attachment_ids),
+        }
+
+    @staticmethod
+    def _version(doc: Document) -> SealedVersion:
+        return SealedVersion(
+            id=doc["_id"],
+            record_id=doc["record_id"],
+            number=int(doc["number"]),
+            patient_id=doc["patient_id"],
+            kind=VersionKind(doc["kind"]),
+            author_id=doc["author_id"],
+            created_at=_dt(doc["created_at"]),
+            key_id=doc["key_id"],
+            fields={f["name"]: bytes(f["sealed"]) for f in doc["fields"]},
+            attachment_ids=tuple(doc["attachment_ids"]),
+        )
+
+    async def add_record_version(self, version: SealedVersion) -> None:
+        # one document: the version and its fields are stored together or not at all
+        with self._op(f"version {version.id} of record {version.record_id}"):
+            await self._record_versions.insert_one(self._version_doc(version))
+
+    async def record_versions(self, version_ids: Sequence[str]) -> list[SealedVersion]:
+        if not version_ids:
+            return []
+        with self._op("record versions"):
+            cursor = self._record_versions.find({"_id": {"$in": sorted(set(version_ids))}})
+            docs = await cursor.to_list()
+        found = {d["_id"]: self._version(d) for d in docs}
+        return [found[i] for i in version_ids if i in found]
+
+    @staticmethod
+    def _attachment(doc: Document) -> SealedAttachment:
+        return SealedAttachment(
+            id=doc["_id"],
+            record_id=doc["record_id"],
+            patient_id=doc["patient_id"],
+            author_id=doc["author_id"],
+            created_at=_dt(doc["created_at"]),
+            content_type=doc["content_type"],
+            size=int(doc["size"]),
+            key_id=doc["key_id"],
+            name=bytes(doc["name"]),
+            body=bytes(doc["body"]),
+        )
+
+    async def add_attachment(self, attachment: SealedAttachment) -> None:
+        a = attachment
+        doc: Document = {
+            "_id": a.id,
+            "record_id": a.record_id,
+            "patient_id": a.patient_id,
+            "author_id": a.author_id,
+            "created_at": a.created_at,
+            "content_type": a.content_type,
+            "size": a.size,
+            "key_id": a.key_id,
+            "name": a.name,
+            "body": a.body,
+        }
+        with self._op(f"attachment {a.id} of record {a.record_id}"):
+            await self._attachments.insert_one(doc)
+
+    async def get_attachment(self, attachment_id: str) -> SealedAttachment | None:
+        with self._op(f"attachment {attachment_id}"):
+            doc = await self._attachments.find_one({"_id": attachment_id})
+        return self._attachment(doc) if doc else None
+
+    async def list_attachments(self, record_id: str) -> list[SealedAttachment]:
+        with self._op(f"attachments of record {record_id}"):
+            cursor = self._attachments.find(
+                {"record_id": record_id}, sort=[("created_at", ASCENDING), ("_id", ASCENDING)]
+            )
+            docs = await cursor.to_list()
+        return [self._attachment(d) for d in docs]
+
+    # data keys ----------------------------------------------------------------------
+    @staticmethod
+    def _data_key(doc: Document) -> WrappedKey:
+        return WrappedKey(
+            id=doc["_id"],
+            patient_id=doc["patient_id"],
+            kek_id=doc["kek_id"],
+            wrapped=bytes(doc["wrapped"]),
+            created_at=_dt(doc["created_at"]),
+            format=int(doc["format"]),
+        )
+
+    async def add_data_key(self, key: WrappedKey) -> None:
+        doc: Document = {
+            "_id": key.id,
+            "key_id": key.id,
+            "patient_id": key.patient_id,
+            "kek_id": key.kek_id,
+            "wrapped": key.wrapped,
+            "created_at": key.created_at,
+            "format": key.format,
+        }
+        with self._op(f"data key {key.id}"):
+            await self._data_keys.insert_one(doc)
+
+    async def get_data_keys(self, key_ids: Collection[str]) -> dict[str, WrappedKey]:
+        if not key_ids:
+            return {}
+        with self._op("data keys"):
+            cursor = self._data_keys.find({"_id": {"$in": sorted(set(key_ids))}})
+            docs = await cursor.to_list()
+        return {d["_id"]: self._data_key(d) for d in docs}
+
+    async def data_keys_under(
+        self, kek_id: str, *, after: str = "", limit: int = 1000
+    ) -> list[WrappedKey]:
+        if limit <= 0:
+            return []  # a MongoDB limit of 0 would mean "no limit"
+        with self._op(f"data keys under {kek_id}"):
+            cursor = self._data_keys.find(
+                {"kek_id": kek_id, "key_id": {"$gt": after}},
+                sort=[("key_id", ASCENDING)],
+                limit=limit,
+            )
+            docs = await cursor.to_list()
+        return [self._data_key(d) for d in docs]
+
+    async def rewrap_data_keys(self, changes: Sequence[tuple[WrappedKey, WrappedKey]]) -> int:
+        if not changes:
+            return 0  # bulk_write refuses an empty list
+        # each update matches only a key still wrapped as `old`: one that another rotation
+        # (or an erasure) changed since it was read is left alone and not counted
+        ops = [
+            UpdateOne(
+                {"_id": old.id, "kek_id": old.kek_id, "wrapped": old.wrapped},
+                {"$set": {"kek_id": new.kek_id, "wrapped": new.wrapped, "format": new.format}},
+            )
+            for old, new in changes
+        ]
+        with self._op("re-wrapping data keys"):
+            result = await self._data_keys.bulk_write(ops, ordered=False)
+        return result.modified_count
+
+    async def count_data_keys(self) -> dict[str, int]:
+        pipeline: list[Document] = [{"$group": {"_id": "$kek_id", "n": {"$sum": 1}}}]
+        with self._op("counting data keys"):
+            cursor = await self._data_keys.aggregate(pipeline)
+            docs = await cursor.to_list()
+        return {d["_id"]: int(d["n"]) for d in docs}
+
+    async def delete_data_keys(self, patient_id: str) -> int:
+        # Unlike SQLite's secure_delete, MongoDB may keep a deleted document's bytes in its
+        # data files (WiredTiger reuses the space later; it does not overwrite it), as in
+        # the journal, the oplog and any backup, until the collection is compacted or the
+        # member resynced (the README tells operators so). Those bytes are a wrapped key:
+        # they open nothing without the KEK that wrapped them.
+        with self._op(f"data keys of patient {patient_id}"):
+            result = await self._data_keys.delete_many({"patient_id": patient_id})
+        return result.deleted_count
+
+    async def put_key_check(self, kek_id: str, check: bytes) -> bool:
+        try:
+            with self._op(f"check value of key {kek_id}"):
+                await self._key_checks.insert_one({"_id": kek_id, "check": check})
+        except Conflict:  # one is kept already: it stays
+            return False
+        return True
+
+    async def key_checks(self) -> dict[str, bytes]:
+        with self._op("key check values"):
+            docs = await self._key_checks.find({}).to_list()
+        return {d["_id"]: bytes(d["check"]) for d in docs}
+
+    async def delete_key_check(self, kek_id: str) -> None:
+        with self._op(f"check value of key {kek_id}"):
+            await self._key_checks.delete_one({"_id": kek_id})
+
+    # break-glass ----------------------------------------------------------------------
+    async def add_break_glass(self, grant: BreakGlass) -> None:
+        doc: Document = {
+            "_id": grant.id,
+            "admin_id": grant.admin_id,
+            "patient_id": grant.patient_id,
+            "reason": grant.reason,
+            "opened_at": grant.opened_at,
+            "expires_at": grant.expires_at,
+        }
+        with self._op(f"break-glass grant {grant.id}"):
+            await self._break_glass.insert_one(doc)
+
+    async def break_glass_grants(
+        self, *, patient_id: str | None = None, admin_id: str | None = None
+    ) -> list[BreakGlass]:
+        query: Document = {}
+        if patient_id is not None:
+            query["patient_id"] = patient_id
+        if admin_id is not None:
+            query["admin_id"] = admin_id
+        with self._op("break-glass grants"):
+            cursor = self._break_glass.find(
+                query, sort=[("opened_at", DESCENDING), ("_id", DESCENDING)]
+            )
+            docs = await cursor.to_list()
+        return [
+            BreakGlass(
+                id=d["_id"],
+                admin_id=d["admin_id"],
+                patient_id=d["patient_id"],
+                reason=d["reason"],
+                opened_at=_dt(d["opened_at"]),
+                expires_at=_dt(d["expires_at"]),
+            )
+            for d in docs
+        ]

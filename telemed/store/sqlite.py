@@ -1316,8 +1316,16 @@ class SqliteStore:
 
     async def replace_record(self, header: RecordHeader) -> bool:
         changed = await self.write(
-            "UPDATE records SET rev = ?, doc = ? WHERE id = ? AND rev = ?",
-            (header.rev, self._header_doc(header), header.id, header.rev - 1),
+            "UPDATE records SET patient_id = ?, created_at = ?, rev = ?, doc = ?"
+            " WHERE id = ? AND rev = ?",
+            (
+                header.patient_id,
+                _t(header.created_at),
+                header.rev,
+                self._header_doc(header),
+                header.id,
+                header.rev - 1,
+            ),
         )
         return bool(changed)
 
