@@ -86,18 +86,10 @@ class KeyCustody:
         self.provider = sealer.provider
 
     async def verify(self) -> None:
-        """Raise `KeyringError` unless every key in use is held, and is the right key."""
+        """Raise `KeyringError` unless every key in use is held, and is the right key.
+        Nothing is written before both are known."""
         checks = await self.store.key_checks()
         held = self.provider.key_ids()
-        for kid in held:
-            if kid in checks:
-                await self._call(self.sealer.verify_check, kid, checks[kid])
-            else:
-                check = await self._call(self.sealer.make_check, kid)
-                if not await self.store.put_key_check(kid, check):  # another process was first
-                    await self._call(
-                        self.sealer.verify_check, kid, (await self.store.key_checks())[kid]
-                    )
         counts = await self.store.count_data_keys()
         missing = sorted(kid for kid in counts if kid not in held)
         if missing:
@@ -106,9 +98,18 @@ class KeyCustody:
                 f"{self.provider.description} does not hold key {detail}, which the store's "
                 "records are sealed under: restore it (see README, Keys)"
             )
+        for kid in held:
+            if kid in checks:
+                await self._call(self.sealer.verify_check, kid, checks[kid])
+        for kid in held:
+            if kid not in checks:
+                check = await self._call(self.sealer.make_check, kid)
+                if not await self.store.put_key_check(kid, check):  # another process was first
+                    stored = (await self.store.key_checks())[kid]
+                    await self._call(self.sealer.verify_check, kid, stored)
 
     async def status(self) -> list[KeyStatus]:
-        self.provider.refresh()
+        await asyncio.to_thread(self.provider.refresh)
         counts = await self.store.count_data_keys()
         held = self.provider.key_ids()
         primary = self.provider.primary_id()
@@ -128,6 +129,7 @@ class KeyCustody:
         keys is rotated by the operator (a new primary in its configuration) then resumed.
         """
         added = False
+        await asyncio.to_thread(self.provider.refresh)
         if add:
             if now_key is None:
                 raise KeyringError(
@@ -135,10 +137,9 @@ class KeyCustody:
                     "restart the servers, then run telemed keys rotate --resume"
                 )
             kid = await asyncio.to_thread(now_key)
-            await self.store.put_key_check(kid, self.sealer.make_check(kid))
+            await self.store.put_key_check(kid, await self._call(self.sealer.make_check, kid))
             added = True
             log.info("keys: added primary key %s", kid)
-        self.provider.refresh()
         primary = self.provider.primary_id()
         done = 0
         while True:
@@ -165,7 +166,7 @@ class KeyCustody:
 
     async def remove(self, kek_id: str, *, forget: Callable[[str], None] | None = None) -> None:
         """Retire a key for good: only when it is not the primary and wraps nothing."""
-        self.provider.refresh()
+        await asyncio.to_thread(self.provider.refresh)
         if kek_id == self.provider.primary_id():
             raise KeyringError(f"key {kek_id} is the primary key: rotate to a new key first")
         wrapped = (await self.store.count_data_keys()).get(kek_id, 0)

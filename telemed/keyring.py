@@ -197,6 +197,10 @@ class KeyFile(_AesKeys):
                 f"key file {self.path} not found: restore it from where you keep it (see "
                 "README, Keys), or point records.key_file at it"
             ) from None
+        except UnicodeDecodeError:
+            raise KeyringError(
+                f"key file {self.path}: not UTF-8 text (the file is damaged)"
+            ) from None
         except OSError as exc:
             raise KeyringError(f"key file {self.path}: cannot read it: {exc}") from None
         if stat.st_mode & 0o077:
@@ -270,6 +274,8 @@ class KeyFile(_AesKeys):
         data = (json.dumps(body, indent=2) + "\n").encode()
         folder = self.path.parent
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if folder.stat().st_mode & 0o077 and folder.stat().st_uid == os.getuid():
+            folder.chmod(0o700)  # a folder made by someone else's umask: the keys' alone
         temporary = folder / f".{self.path.name}.{secrets.token_hex(4)}.tmp"
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -313,14 +319,16 @@ def _parse_key_file(text: str, path: Path) -> tuple[list[FileKey], str]:
             isinstance(entry.get(k), str) for k in ("id", "key", "created_at")
         ):
             raise KeyringError(f"{where}: each key needs id, key and created_at strings")
+        try:
+            created = parse_iso(entry["created_at"])
+        except ValueError:
+            raise KeyringError(f"{where}: key {entry['id']}: created_at is not a time") from None
+        if entry["id"] in {k.id for k in keys}:
+            raise KeyringError(f"{where}: key id {entry['id']} appears twice")
         keys.append(
-            FileKey(
-                entry["id"],
-                _decode_key(entry["key"], f"{where}: key {entry['id']}"),
-                parse_iso(entry["created_at"]),
-            )
+            FileKey(entry["id"], _decode_key(entry["key"], f"{where}: key {entry['id']}"), created)
         )
     primary = body.get("primary")
-    if not keys or primary not in {k.id for k in keys}:
+    if not keys or not isinstance(primary, str) or primary not in {k.id for k in keys}:
         raise KeyringError(f"{where}: the primary key {primary!r} is not among its keys")
     return keys, primary

@@ -569,10 +569,10 @@ class RecordsOffice:
         """A fresh data key, stored wrapped by the primary KEK. If a rotation made
         another key primary meanwhile, this key is re-wrapped at once, so a rotation
         that passed it by still leaves the old KEK wrapping nothing."""
-        self.sealer.provider.refresh()
+        await asyncio.to_thread(self.sealer.provider.refresh)  # a stat; a read if it changed
         data_key, wrapped = await self._call(self.sealer.new_key, patient_id, now)
         await self.store.add_data_key(wrapped)
-        self.sealer.provider.refresh()
+        await asyncio.to_thread(self.sealer.provider.refresh)
         primary = self.sealer.provider.primary_id()
         if wrapped.kek_id != primary:
             rewrapped: WrappedKey = await self._call(self.sealer.rewrap, wrapped, primary)

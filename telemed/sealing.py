@@ -25,7 +25,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from telemed.accounts import new_id
-from telemed.keyring import NONCE_BYTES, KeyProvider, KeyringError
+from telemed.keyring import KEY_BYTES, NONCE_BYTES, KeyProvider, KeyringError
 
 FORMAT = 1
 TAG_BYTES = 16
@@ -83,6 +83,12 @@ def wrap_aad(key_id: str, patient_id: str, kek_id: str, fmt: int = FORMAT) -> by
     ).encode()
 
 
+def _check_aad(kek_id: str) -> bytes:
+    """A check value's associated data: never that of a data key, so neither passes for
+    the other."""
+    return f"telemed-check|{FORMAT}|{len(kek_id)}:{kek_id}".encode()
+
+
 class DataKey:
     """An unwrapped data key, in memory only for as long as one seal or open takes."""
 
@@ -136,9 +142,10 @@ class Sealer:
                 f"data key {stored.id}: format version {stored.format} is unknown to this server"
             )
         aad = wrap_aad(stored.id, stored.patient_id, stored.kek_id, stored.format)
-        return DataKey(
-            stored.id, stored.patient_id, self.provider.unwrap(stored.kek_id, stored.wrapped, aad)
-        )
+        key = self.provider.unwrap(stored.kek_id, stored.wrapped, aad)
+        if len(key) != KEY_BYTES:
+            raise Unreadable(f"data key {stored.id}: not a data key ({len(key)} bytes)")
+        return DataKey(stored.id, stored.patient_id, key)
 
     def rewrap(self, stored: WrappedKey, kek_id: str) -> WrappedKey:
         """The same data key, wrapped by `kek_id` instead; the sealed data is untouched."""
@@ -149,11 +156,11 @@ class Sealer:
 
     # key checks: prove at start-up that each KEK is the one the store was sealed with
     def make_check(self, kek_id: str) -> bytes:
-        return self.provider.wrap(kek_id, _CHECK, wrap_aad("check", "", kek_id))
+        return self.provider.wrap(kek_id, _CHECK, _check_aad(kek_id))
 
     def verify_check(self, kek_id: str, check: bytes) -> None:
         try:
-            opened = self.provider.unwrap(kek_id, check, wrap_aad("check", "", kek_id))
+            opened = self.provider.unwrap(kek_id, check, _check_aad(kek_id))
         except KeyringError as exc:
             raise KeyringError(
                 f"key {kek_id} of {self.provider.description} is not the key this store's "
