@@ -44,6 +44,7 @@ from telemed.records import (
     BreakGlass,
     Chart,
     Note,
+    NoteLayoutError,
     RecordHeader,
     SealedAttachment,
     SealedVersion,
@@ -230,7 +231,7 @@ class RecordsOffice:
                     raise SealError(f"record {header.id}: version {number} is missing")
                 versions.append(await self._call(self._open_version, header, number, sealed, key))
             files = [await self._call(self._open_attachment_name, a, key) for a in attachments]
-        except (SealError, KeyringError) as exc:
+        except (SealError, KeyringError, NoteLayoutError) as exc:
             raise RecordUnreadable(str(exc), erased=isinstance(exc, Shredded)) from exc
         if patient_reader and versions:
             shown = set(versions[0].attachment_ids)
