@@ -49,6 +49,7 @@ from telemed.web import (
     monitoring_pages,
     ops,
     pages,
+    records_api,
     visit_pages,
     visits_api,
     vitals_api,
@@ -290,6 +291,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> web.Application:
         monitoring_api.routes,
         monitoring_pages.routes,
         devices_pages.routes,
+        records_api.routes,
     ):
         app.router.add_routes(table)
     static = app.router.add_static("/static/", STATIC, name="static", append_version=True)

@@ -24,7 +24,8 @@ from telemed.errors import ValidationError
 MAX_TEXT = 20_000  # characters per SOAP section or addendum
 MAX_SHORT = 500  # a diagnosis display, a prescription's parts
 MAX_ITEMS = 50  # diagnoses or prescriptions per note
-MAX_CHAT = 2_000  # chat lines kept in a note
+MAX_CHAT = 500  # chat lines kept in a note (each up to MAX_CHAT_TEXT: the body stays < 1 MiB)
+MAX_CHAT_TEXT = 1_000
 SOAP = ("subjective", "objective", "assessment", "plan")
 PRESCRIPTION_PARTS = ("medication", "dose", "route", "frequency", "duration", "instructions")
 PRESCRIPTION_REQUIRED = ("medication", "dose", "route", "frequency")
@@ -257,7 +258,7 @@ def note_from_json(body: Any) -> Note:
             at = parse_iso(at_text)
         except ValueError:
             raise ValidationError(where + "at", "is not an ISO 8601 time") from None
-        chat.append(ChatLine(sender, at, _text(item, "text", where, MAX_SHORT * 4, required=True)))
+        chat.append(ChatLine(sender, at, _text(item, "text", where, MAX_CHAT_TEXT, required=True)))
     return Note(
         **soap, diagnoses=tuple(diagnoses), prescriptions=tuple(prescriptions), chat=tuple(chat)
     )

@@ -28,6 +28,7 @@ from typing import ParamSpec, TypeVar
 from telemed.accounts import Role, new_id
 from telemed.audit import Outcome
 from telemed.clinic import Actor, Clinic
+from telemed.clock import iso, parse_iso
 from telemed.errors import (
     Conflict,
     Forbidden,
@@ -61,6 +62,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 UPDATE_ATTEMPTS = 5
+ERASED = "erased:"  # + patient id: a clinic setting holding the time of the erasure
 MAX_REASON = 500
 MAX_FILE_NAME = 255
 # what a file's first bytes must be for its declared type
@@ -172,6 +174,10 @@ class RecordsOffice:
         entity = f"Composition/{record_id}"
         action = "record.history" if history else "record.read"
         reader, grant = await self._access(actor, patient_id, action, entity, write=False)
+        if history and reader is Reader.PATIENT:
+            detail = "the history is the care team's"
+            await self._audit(actor, action, patient_id, entity, detail, Outcome.DENIED)
+            raise Forbidden(f"{action}: {detail}")
         header = await self.store.get_record(record_id)
         if header is None or (reader is Reader.PATIENT and not header.signed):
             await self._audit(actor, action, patient_id, entity, "no record yet")
@@ -191,6 +197,9 @@ class RecordsOffice:
         """Every record of the patient the actor may read (a patient: the signed ones)."""
         entity = f"Patient/{patient_id}"
         reader, grant = await self._access(actor, patient_id, "record.list", entity, write=False)
+        if await self.erased_at(patient_id) is not None:
+            await self._audit(actor, "record.list", patient_id, entity, "erased", Outcome.FAILURE)
+            raise RecordUnreadable(f"patient {patient_id}'s records were erased", erased=True)
         headers = await self.store.list_records(patient_id)
         if reader is Reader.PATIENT:
             headers = [h for h in headers if h.signed]
@@ -290,8 +299,13 @@ class RecordsOffice:
         keys = await self.store.get_data_keys([stored.key_id])
         try:
             wrapped = keys.get(stored.key_id)
-            if wrapped is None or wrapped.patient_id != stored.patient_id:
-                raise Shredded(f"attachment {attachment_id}: its data key is destroyed")
+            if wrapped is None:
+                raise Shredded(
+                    f"attachment {attachment_id}: its data key is destroyed (the patient's "
+                    "data was erased)"
+                )
+            if wrapped.patient_id != stored.patient_id:
+                raise SealError(f"attachment {attachment_id}: a data key of another patient")
             data_key = await self._call(self.sealer.open_key, wrapped)
             meta = self._open_attachment_name(stored, lambda _: data_key)
             body = data_key.open(
@@ -323,6 +337,7 @@ class RecordsOffice:
         patient_id, clinician_id = await self._visit_patient(record_id)
         entity = f"Composition/{record_id}"
         await self._access(actor, patient_id, "record.write", entity, write=True)
+        await self._refuse_if_erased(patient_id)
         header = await self._header(record_id, patient_id, clinician_id)
         if header.signed:
             raise ValidationError("record", "is signed: add an addendum instead")
@@ -354,6 +369,7 @@ class RecordsOffice:
         patient_id, clinician_id = await self._visit_patient(record_id)
         entity = f"Composition/{record_id}"
         await self._access(actor, patient_id, "record.addendum", entity, write=True)
+        await self._refuse_if_erased(patient_id)
         text = text.strip()
         if not text:
             raise ValidationError("text", "is required")
@@ -417,6 +433,7 @@ class RecordsOffice:
         patient_id, clinician_id = await self._visit_patient(record_id)
         entity = f"Composition/{record_id}"
         await self._access(actor, patient_id, "attachment.write", entity, write=True)
+        await self._refuse_if_erased(patient_id)
         name = name.strip().replace("/", "_").replace("\\", "_")[:MAX_FILE_NAME] or "attachment"
         if content_type not in self.policy.attachment_types:
             allowed = ", ".join(sorted(self.policy.attachment_types))
@@ -529,12 +546,32 @@ class RecordsOffice:
             raise ValidationError("request", f"is longer than {MAX_REASON} characters")
         if await self.store.get_patient(patient_id) is None:
             raise NotFound(f"patient {patient_id} does not exist")
+        # the mark goes first: a writer that missed it made its data key before this
+        # delete, which destroys it; one that sees it destroys its own (see _new_key)
+        await self.store.put_setting(ERASED + patient_id, iso(self.clock()))
         destroyed = await self.store.delete_data_keys(patient_id)
         await self._audit(
             actor, "patient.erase", patient_id, entity, f"data_keys={destroyed} request={request}"
         )
         log.warning("patient erased patient=%s data_keys=%d", patient_id, destroyed)
         return destroyed
+
+    async def erased_at(self, patient_id: str) -> datetime | None:
+        """When the patient's data was erased, if it was."""
+        stamp = await self.store.get_setting(ERASED + patient_id)
+        return None if stamp is None else parse_iso(stamp)
+
+    async def check_write(self, actor: Actor, record_id: str, action: str) -> None:
+        """Refuse (audited) before a large upload is read, as the write itself would."""
+        patient_id, _ = await self._visit_patient(record_id)
+        await self._access(actor, patient_id, action, f"Composition/{record_id}", write=True)
+        await self._refuse_if_erased(patient_id)
+
+    async def _refuse_if_erased(self, patient_id: str) -> None:
+        if await self.erased_at(patient_id) is not None:
+            raise RecordUnreadable(
+                f"patient {patient_id}'s records were erased: nothing more is written", erased=True
+            )
 
     # plumbing -------------------------------------------------------------------
     async def _header(self, record_id: str, patient_id: str, clinician_id: str) -> RecordHeader:
@@ -570,9 +607,13 @@ class RecordsOffice:
         """A fresh data key, stored wrapped by the primary KEK. If a rotation made
         another key primary meanwhile, this key is re-wrapped at once, so a rotation
         that passed it by still leaves the old KEK wrapping nothing."""
+        await self._refuse_if_erased(patient_id)
         await asyncio.to_thread(self.sealer.provider.refresh)  # a stat; a read if it changed
         data_key, wrapped = await self._call(self.sealer.new_key, patient_id, now)
         await self.store.add_data_key(wrapped)
+        if await self.erased_at(patient_id) is not None:  # erased meanwhile: leave nothing
+            await self.store.delete_data_keys(patient_id)
+            await self._refuse_if_erased(patient_id)
         await asyncio.to_thread(self.sealer.provider.refresh)
         primary = self.sealer.provider.primary_id()
         if wrapped.kek_id != primary:

@@ -18,8 +18,8 @@ from telemed.errors import Conflict, Forbidden, ValidationError
 from telemed.key_custody import KeyCustody
 from telemed.keyring import KeyFile, KeyringError
 from telemed.records import VersionKind, note_from_json
-from telemed.records_office import RecordsOffice
-from telemed.sealing import Sealer
+from telemed.records_office import RecordsOffice, RecordUnreadable
+from telemed.sealing import Sealer, WrappedKey
 from telemed.settings import StoreSettings
 from telemed.store import Store, open_store
 from tests.telemed.records_kit import ATTACHMENT, NOTE, PNG, POLICY, Kit, make_kit
@@ -303,3 +303,49 @@ async def test_a_missing_key_refuses_the_read_with_a_clear_message(
     office = RecordsOffice(kit.clinic, Sealer(stranger), POLICY)
     with pytest.raises(Exception, match="is not in key file"):
         await office.chart(kit.actor(kit.doctor), visit_id)
+
+
+async def test_the_history_is_the_care_teams(kit: Kit) -> None:
+    visit_id = await kit.signed_record()
+    with pytest.raises(Forbidden, match="history"):
+        await kit.office.chart(kit.actor(kit.patient), visit_id, history=True)
+    entries = [r.event async for r in kit.store.audit_records(patient_id=kit.patient.id)]
+    assert any(e.action == "record.history" and e.outcome is Outcome.DENIED for e in entries)
+
+
+async def test_nothing_is_written_for_an_erased_patient(kit: Kit, store: Store) -> None:
+    visit_id = await kit.signed_record()
+    fresh = await kit.visit()
+    await kit.office.erase_patient(kit.actor(kit.admin), kit.patient.id, "request REQ-7")
+    doctor = kit.actor(kit.doctor)
+    for write in (
+        kit.office.save_note(doctor, fresh, note_from_json(NOTE)),
+        kit.office.add_addendum(doctor, visit_id, "more"),
+        kit.office.attach(doctor, fresh, "a.png", "image/png", PNG),
+        kit.office.check_write(doctor, fresh, "attachment.write"),
+    ):
+        with pytest.raises(RecordUnreadable, match="erased") as refused:
+            await write
+        assert refused.value.erased
+    assert await store.count_data_keys() == {}
+    assert await store.get_record(fresh) is None
+    with pytest.raises(RecordUnreadable, match="erased"):
+        await kit.office.charts_of_patient(doctor, kit.patient.id)
+
+
+async def test_a_writer_that_missed_the_erasure_destroys_its_own_key(
+    kit: Kit, store: Store
+) -> None:
+    """The erasure lands between a writer's check and its data key: the writer finds the
+    mark after storing its key, destroys it, and refuses."""
+    fresh = await kit.visit()
+    real_add = store.add_data_key
+
+    async def add_then_erase(key: WrappedKey) -> None:
+        await real_add(key)
+        await store.put_setting("erased:" + kit.patient.id, "2026-11-29T09:00:00.000Z")
+
+    store.add_data_key = add_then_erase  # type: ignore[method-assign]
+    with pytest.raises(RecordUnreadable, match="erased"):
+        await kit.office.save_note(kit.actor(kit.doctor), fresh, note_from_json(NOTE))
+    assert await store.count_data_keys() == {}
