@@ -222,7 +222,7 @@ MIGRATIONS: tuple[str, ...] = (
         wrapped BLOB NOT NULL,
         created_at TEXT NOT NULL,
         format INTEGER NOT NULL
-    );
+    ) WITHOUT ROWID;  -- kept in id order: a rotation re-wraps runs of neighbouring rows
     CREATE INDEX data_keys_by_kek ON data_keys (kek_id, id);
     CREATE INDEX data_keys_by_patient ON data_keys (patient_id);
     CREATE TABLE key_checks (kek_id TEXT PRIMARY KEY, check_value BLOB NOT NULL);
