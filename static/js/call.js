@@ -2,7 +2,8 @@
 // Signaling is the Socket.IO `/visit` namespace (docs/visit-protocol.md); the WebRTC
 // side (perfect negotiation, ICE restart, audio only, low bandwidth, getStats) is the
 // shared engine in rtc.js. The clinician is the impolite peer: it makes the offer.
-// The vitals come from the live dashboard feed (default namespace).
+// The vitals come from the live dashboard feed (default namespace). Each chat line is
+// also dispatched on #call as a `chatline` event, for the record editor (record.js).
 "use strict";
 
 (function () {
@@ -382,6 +383,15 @@
     }
     chatLog.appendChild(li);
     chatLog.scrollTop = chatLog.scrollHeight;
+    // The chat is kept nowhere else (the server relays it, never stores it): the
+    // record editor (record.js) listens for these lines and saves the transcript.
+    root.dispatchEvent(new CustomEvent("chatline", {
+      detail: {
+        sender: from === "clinician" ? "doctor" : "patient",
+        at: at || new Date().toISOString(),
+        text: text,
+      },
+    }));
   }
 
   chatForm.addEventListener("submit", async (event) => {

@@ -10,9 +10,11 @@ from telemed.monitoring import ACTIVE_STATES
 from telemed.web.auth import landing, render, require
 from telemed.web.keys import (
     CLINIC,
+    CLOCK,
     ENROLLMENT,
     MONITOR,
     RECEPTION,
+    RECORDS,
     SETTINGS,
     STORE,
     THROTTLE_POLICY,
@@ -22,6 +24,7 @@ from telemed.web.monitoring_pages import CONSCIOUSNESS
 from telemed.web.vitals_view import COLUMNS, DASHBOARD
 
 routes = web.RouteTableDef()
+ADMIN_GRANTS_SHOWN = 20  # the newest break-glass grants listed on the admin page
 
 
 @routes.get("/")
@@ -78,7 +81,26 @@ async def patient_page(request: web.Request) -> web.Response:
             plan=await monitor.plan(who, patient.id),
             consciousness=CONSCIOUSNESS,
         )
+    # break-glass: the care team (and the admins) see who opened the records, and why
+    context["break_glass"] = await _break_glass_rows(request, patient.id)
     return render(request, "patient.html", context)
+
+
+async def _break_glass_rows(request: web.Request, patient_id: str) -> list[dict[str, object]]:
+    grants = await request.app[RECORDS].break_glass_grants(actor(request), patient_id)
+    now = request.app[CLOCK]()
+    store = request.app[STORE]
+    rows: list[dict[str, object]] = []
+    for grant in grants:
+        admin = await store.get_user(grant.admin_id)
+        rows.append(
+            {
+                "grant": grant,
+                "admin": admin.name if admin is not None else grant.admin_id,
+                "active": grant.active(now),
+            }
+        )
+    return rows
 
 
 @routes.get("/me")
@@ -106,7 +128,20 @@ async def _admin_context(request: web.Request) -> dict[str, object]:
     default = request.app[SETTINGS].security.require_2fa_for_clinicians
     policy = request.app[THROTTLE_POLICY].account
     locked = {u.id for u in users if await clinic.is_locked_out(u, policy)}
+    office, now = request.app[RECORDS], request.app[CLOCK]()
+    grants = [g for p in patients for g in await office.break_glass_grants(who, p.id)]
+    grants.sort(key=lambda g: g.opened_at, reverse=True)
     return {
+        "break_glass": [
+            {
+                "grant": g,
+                "patient": names.get(g.patient_id, g.patient_id),
+                "admin": names.get(g.admin_id, g.admin_id),
+                "active": g.active(now),
+            }
+            for g in grants[:ADMIN_GRANTS_SHOWN]
+        ],
+        "break_glass_minutes": int(office.policy.break_glass.total_seconds() // 60),
         "users": users,
         "locked": locked,
         "clinicians": clinicians,
@@ -135,6 +170,10 @@ async def admin_page(request: web.Request) -> web.Response:
         "team": "Care team updated.",
         "settings": "Settings saved.",
         "waiting_message": "Waiting-room message saved.",
+        "break_glass": "Emergency access opened. It is audited and shown to the patient's "
+        "care team; it ends by itself.",
+        "erased": "The patient's data was erased: their records and attachments can no "
+        "longer be opened, by anyone.",
     }.get(request.query.get("done", ""), "")
     return render(request, "admin.html", context)
 
@@ -231,6 +270,43 @@ async def admin_set_password(request: web.Request) -> web.Response:
     except ValidationError as exc:
         return await _admin_error(request, exc, {})
     raise web.HTTPSeeOther("/admin?done=set_password")
+
+
+@routes.post("/admin/break-glass")
+async def admin_break_glass(request: web.Request) -> web.Response:
+    """Emergency read access to one patient's records: a stated reason, for a while."""
+    await require(request, Role.ADMIN)
+    form = {k: str(v) for k, v in (await request.post()).items() if k != "csrf_token"}
+    patient_id = form.get("patient", "")
+    try:
+        if not patient_id:
+            raise ValidationError("patient", "choose a patient")
+        await request.app[RECORDS].break_glass(actor(request), patient_id, form.get("reason", ""))
+    except ValidationError as exc:
+        return await _admin_error(request, exc, form)
+    raise web.HTTPSeeOther("/admin?done=break_glass")
+
+
+@routes.post("/admin/erase")
+async def admin_erase(request: web.Request) -> web.Response:
+    """Erase a patient's records (crypto-shredding), on a valid erasure request, once the
+    admin has typed the patient's id."""
+    await require(request, Role.ADMIN)
+    form = {k: str(v) for k, v in (await request.post()).items() if k != "csrf_token"}
+    patient_id = form.get("patient", "")
+    try:
+        if not patient_id:
+            raise ValidationError("patient", "choose a patient")
+        if form.get("confirm", "").strip() != patient_id:
+            raise ValidationError(
+                "confirm", "type the chosen patient's id exactly, to confirm the erasure"
+            )
+        office = request.app[RECORDS]
+        await office.erase_patient(actor(request), patient_id, form.get("request", ""))
+    except ValidationError as exc:
+        form.pop("confirm", None)
+        return await _admin_error(request, exc, form)
+    raise web.HTTPSeeOther("/admin?done=erased")
 
 
 @routes.post("/admin/settings")

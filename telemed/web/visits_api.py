@@ -16,7 +16,7 @@ from telemed.clock import truncate
 from telemed.errors import ValidationError
 from telemed.reception import booking_json
 from telemed.web.auth import render, require
-from telemed.web.keys import RECEPTION, SETTINGS, VISIT_ROOMS
+from telemed.web.keys import RECEPTION, RECORDS, SETTINGS, STORE, VISIT_ROOMS
 from telemed.web.middleware import actor
 from telemed.web.monitoring_api import json_object
 from telemed.web.vitals_view import DASHBOARD
@@ -118,15 +118,46 @@ async def no_show(request: web.Request) -> web.Response:
 
 @routes.get("/visits/{visit_id}")
 async def call_view(request: web.Request) -> web.Response:
-    """The clinician's call view: the patient's video beside their details and vitals."""
-    await require(request, *CLINICIANS)
+    """The clinician's call view: the patient's video beside their details and vitals,
+    and the consultation record's editor (static/js/record.js, over the records API)."""
+    user = await require(request, *CLINICIANS)
     reception = request.app[RECEPTION]
     visit = await reception.visit_for_clinician(
         actor(request), request.match_info["visit_id"], "visit.open"
     )
     patient = await reception.patient(visit)
-    context = {"visit": visit_json(visit), "patient": patient_json(patient), "columns": DASHBOARD}
+    policy = request.app[RECORDS].policy
+    context = {
+        "visit": visit_json(visit),
+        "patient": patient_json(patient),
+        "columns": DASHBOARD,
+        "record": {
+            "can_sign": user.role is Role.DOCTOR,
+            "accept": ",".join(sorted(policy.attachment_types)),
+            "kinds": ", ".join(sorted(t.split("/")[-1].upper() for t in policy.attachment_types)),
+            "max_bytes": policy.attachment_max_bytes,
+            "max_size": _size(policy.attachment_max_bytes),
+            "people": await _team_names(request, visit.patient_id, user.id),
+        },
+    }
     return render(request, "call.html", context)
+
+
+def _size(count: int) -> str:
+    if count >= 1024 * 1024:
+        return f"{count / (1024 * 1024):g} MiB"
+    return f"{count / 1024:g} KiB"
+
+
+async def _team_names(request: web.Request, patient_id: str, me: str) -> dict[str, str]:
+    """The names of the care team, by id: the editor shows who wrote each version."""
+    store = request.app[STORE]
+    names: dict[str, str] = {}
+    for member_id in {*await store.care_team(patient_id), me}:
+        member = await store.get_user(member_id)
+        if member is not None:
+            names[member_id] = member.name
+    return names
 
 
 @routes.post("/admin/waiting-message")
