@@ -7,6 +7,7 @@ from aiohttp import web
 from telemed.accounts import Role
 from telemed.errors import ValidationError
 from telemed.monitoring import ACTIVE_STATES
+from telemed.records_office import RecordUnreadable
 from telemed.web.auth import landing, render, require
 from telemed.web.keys import (
     CLINIC,
@@ -107,10 +108,36 @@ async def _break_glass_rows(request: web.Request, patient_id: str) -> list[dict[
 async def my_page(request: web.Request) -> web.Response:
     user = await require(request, Role.PATIENT)
     patient = await request.app[CLINIC].read_patient(actor(request), user.id)
+    # the patient's signed records, newest first, each with its summary (page and PDF)
+    erased = False
+    summaries: list[dict[str, object]] = []
+    try:
+        charts = await request.app[RECORDS].charts_of_patient(actor(request), user.id)
+    except RecordUnreadable:
+        erased, charts = True, []
+    store = request.app[STORE]
+    for chart in reversed(charts):
+        signed = chart.signed_note
+        doctor = await store.get_user(chart.header.signed_by)
+        summaries.append(
+            {
+                "visit_id": chart.header.id,
+                "signed_at": chart.header.signed_at,
+                "doctor": doctor.name if doctor is not None else "",
+                "diagnoses": [d.display for d in signed.note.diagnoses]
+                if signed is not None and signed.note is not None
+                else [],
+            }
+        )
     return render(
         request,
         "me.html",
-        {"patient": patient, "checked_in": request.query.get("checked_in") == "1"},
+        {
+            "patient": patient,
+            "checked_in": request.query.get("checked_in") == "1",
+            "summaries": summaries,
+            "erased": erased,
+        },
     )
 
 

@@ -128,7 +128,7 @@ async def test_the_patient_reads_prints_and_downloads_their_signed_summary(
     reads = [
         r.event
         async for r in client.app[STORE].audit_records(patient_id=people.patient_1.id)
-        if r.event.actor_id == people.patient_1.id and r.event.action.startswith("record.")
+        if r.event.actor_id == people.patient_1.id and r.event.action == "record.read"
     ]
     assert [(e.action, e.outcome, e.detail) for e in reads] == [
         ("record.read", Outcome.SUCCESS, "as patient"),
@@ -261,3 +261,33 @@ def test_a_draft_is_marked_and_an_empty_record_has_no_summary() -> None:
     empty = Chart(RecordHeader("visit-2", "patient-1", "doctor-1", T0, rev=0))
     with pytest.raises(NotFound, match="visit visit-2 has no record yet"):
         visit_summary(empty, "P", "D")
+
+
+async def test_the_patients_own_page_lists_their_signed_summaries_only(
+    client: Client, people: People
+) -> None:
+    signed = await book(client, people.patient_1, people.doctor_a)
+    draft = await book(client, people.patient_1, people.doctor_a)
+    headers = await sign_in(client, people.doctor_a)
+    await write_and_sign(client, headers, signed)
+    saved = await client.post(f"/api/visits/{draft}/record", json=NOTE, headers=headers)
+    assert saved.status == 201
+
+    await sign_in(client, people.patient_1)
+    html = await (await client.get("/me")).text()
+    assert f'data-testid="summary-{signed}"' in html
+    assert f'href="/visits/{signed}/summary.pdf"' in html
+    assert "Acute pharyngitis, unspecified" in html
+    assert draft not in html  # a draft is the care team's until it is signed
+
+    admin = await sign_in(client, people.admin)
+    erased = await client.post(
+        f"/api/patients/{people.patient_1.id}/erase",
+        json={"request": "REQ-44 from the patient", "confirm": people.patient_1.id},
+        headers=admin,
+    )
+    assert erased.status == 200
+    await sign_in(client, people.patient_1)
+    page = await client.get("/me")
+    assert page.status == 200
+    assert "Your records were erased" in await page.text()
