@@ -109,6 +109,16 @@ def attachment_binding(record_id: str, attachment_id: str, patient_id: str, part
     return Binding(record_id, 0, patient_id, f"attachment/{attachment_id}/{part}")
 
 
+def _stated(text: str, field: str, shortest: int, hint: str) -> str:
+    """A reason or reference an admin must give: one line, neither too short nor long."""
+    text = " ".join(text.split())
+    if len(text) < shortest:
+        raise ValidationError(field, f"{hint} (at least {shortest} characters)")
+    if len(text) > MAX_REASON:
+        raise ValidationError(field, f"is longer than {MAX_REASON} characters")
+    return text
+
+
 class RecordsOffice:
     def __init__(self, clinic: Clinic, sealer: Sealer, policy: RecordPolicy) -> None:
         self.clinic = clinic
@@ -489,13 +499,8 @@ class RecordsOffice:
                 actor, "break_glass.open", patient_id, entity, "admins only", Outcome.DENIED
             )
             raise Forbidden("break_glass.open: only an admin (signed in) may do this")
-        reason = " ".join(reason.split())
-        if len(reason) < 10:
-            raise ValidationError("reason", "state why (at least 10 characters)")
-        if len(reason) > MAX_REASON:
-            raise ValidationError("reason", f"is longer than {MAX_REASON} characters")
-        if await self.store.get_patient(patient_id) is None:
-            raise NotFound(f"patient {patient_id} does not exist")
+        reason = _stated(reason, "reason", 10, "state why")
+        await self._require_patient(patient_id)
         now = self.clock()
         grant = BreakGlass(
             new_id(), user.id, patient_id, reason, now, now + self.policy.break_glass
@@ -539,13 +544,8 @@ class RecordsOffice:
                 actor, "patient.erase", patient_id, entity, "admins only", Outcome.DENIED
             )
             raise Forbidden("patient.erase: only an admin may do this")
-        request = " ".join(request.split())
-        if len(request) < 5:
-            raise ValidationError("request", "name the erasure request (at least 5 characters)")
-        if len(request) > MAX_REASON:
-            raise ValidationError("request", f"is longer than {MAX_REASON} characters")
-        if await self.store.get_patient(patient_id) is None:
-            raise NotFound(f"patient {patient_id} does not exist")
+        request = _stated(request, "request", 5, "name the erasure request")
+        await self._require_patient(patient_id)
         # the mark goes first: a writer that missed it made its data key before this
         # delete, which destroys it; one that sees it destroys its own (see _new_key)
         await self.store.put_setting(ERASED + patient_id, iso(self.clock()))
@@ -555,6 +555,10 @@ class RecordsOffice:
         )
         log.warning("patient erased patient=%s data_keys=%d", patient_id, destroyed)
         return destroyed
+
+    async def _require_patient(self, patient_id: str) -> None:
+        if await self.store.get_patient(patient_id) is None:
+            raise NotFound(f"patient {patient_id} does not exist")
 
     async def erased_at(self, patient_id: str) -> datetime | None:
         """When the patient's data was erased, if it was."""

@@ -75,6 +75,11 @@ async def json_object(request: web.Request, fields: tuple[str, ...]) -> dict[str
         body = await request.json()
     except ValueError:
         raise ValidationError("body", "must be JSON") from None
+    return object_with(body, fields)
+
+
+def object_with(body: Any, fields: tuple[str, ...]) -> dict[str, Any]:
+    """`body` if it is a JSON object holding only these fields; else a refusal naming why."""
     if not isinstance(body, dict):
         raise ValidationError("body", "must be a JSON object")
     for key in body:

@@ -27,6 +27,7 @@ from telemed.summary import VisitSummary, long_date, medicine_lines, render_pdf,
 from telemed.web.auth import render, require
 from telemed.web.keys import CLOCK, RECORDS, STORE
 from telemed.web.middleware import actor
+from telemed.web.monitoring_api import object_with
 
 routes = web.RouteTableDef()
 
@@ -61,12 +62,7 @@ async def json_body(request: web.Request, fields: tuple[str, ...]) -> dict[str, 
         body = json.loads(data)
     except ValueError:  # UnicodeDecodeError included
         raise ValidationError("body", "must be JSON") from None
-    if not isinstance(body, dict):
-        raise ValidationError("body", "must be a JSON object")
-    for key in body:
-        if key not in fields:
-            raise ValidationError(str(key), f"is not accepted here (use {', '.join(fields)})")
-    return body
+    return object_with(body, fields)
 
 
 def _version(body: dict[str, Any], key: str) -> int | None:

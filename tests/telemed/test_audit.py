@@ -385,8 +385,10 @@ async def test_a_patient_reading_their_own_page_is_audited(
     before = len(await entries(client))
     assert (await client.get("/me")).status == 200
     new = [r.event for r in (await entries(client))[before:]]
+    # the page shows their record and their signed visit summaries: two reads, two entries
     assert [(e.actor_id, e.actor_role, e.action, e.patient_id, e.at) for e in new] == [
-        (me.id, "patient", "patient.read", me.id, clock.now)
+        (me.id, "patient", "patient.read", me.id, clock.now),
+        (me.id, "patient", "record.list", me.id, clock.now),
     ]
 
 
