@@ -33,7 +33,7 @@ from aiohttp.abc import AbstractAccessLogger
 from devices.broker import BrokerError
 from devices.dynsec import DynsecError
 from devices.enrollment import Enrollment, device_json
-from telemed import demo, tls
+from telemed import demo, key_export, tls
 from telemed.accounts import Role
 from telemed.api_json import user_json, visit_json
 from telemed.audit import averify
@@ -469,6 +469,95 @@ def cmd_keys_new_env(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _file_provider_only(settings: Settings, doing: str) -> None:
+    if settings.records.key_provider != "file":
+        raise CliError(
+            f"records.key_provider is {settings.records.key_provider}: the keys are in the "
+            f"environment variable TELEMED_RECORDS_ENV_KEYS already; {doing} works only with "
+            "the key file"
+        )
+
+
+def _read_passphrase(args: argparse.Namespace, *, confirm: bool) -> str:
+    if args.passphrase_stdin:
+        passphrase = sys.stdin.readline().rstrip("\r\n")
+        if not passphrase:
+            raise CliError("passphrase: nothing was read from standard input")
+        return passphrase
+    if not sys.stdin.isatty():
+        raise CliError("passphrase: give it with --passphrase-stdin, or run in a terminal")
+    if not confirm:
+        return getpass.getpass("Passphrase of the export: ")
+    least = key_export.MIN_PASSPHRASE
+    first = getpass.getpass(f"Passphrase for the export ({least}+ characters): ")
+    key_export.check_passphrase(first)  # refuse before the second entry
+    if first != getpass.getpass("Again: "):
+        raise CliError("passphrase: the two entries differ")
+    return first
+
+
+def cmd_keys_export(args: argparse.Namespace, settings: Settings) -> int:
+    _file_provider_only(settings, "keys export")
+    path: Path = args.out.absolute()
+    if path.exists() and not args.force:  # before asking for the passphrase; checked again
+        raise CliError(f"--out: {path} already exists (add --force to replace it)")
+    passphrase = key_export.check_passphrase(_read_passphrase(args, confirm=True))
+
+    async def work(clinic: Clinic, custody: KeyCustody, provider: KeyProvider) -> int:
+        if not isinstance(provider, KeyFile):
+            raise CliError(f"{provider.description}: only the key file can be exported")
+        keys, primary = provider.keys(), provider.primary_id()
+        data = await asyncio.to_thread(key_export.seal_export, keys, primary, passphrase)
+        await asyncio.to_thread(key_export.write_export, path, data, force=args.force)
+        ids = [k.id for k in keys]
+        await clinic.audit(
+            OPERATOR, "keys.export", entity=f"Key/{primary}", detail=f"keys={','.join(ids)}"
+        )
+        emit(
+            args,
+            {"out": str(path), "keys": ids, "primary": primary},
+            f"{len(ids)} keys (primary {primary}) exported to {path}. Keep it, and its "
+            "passphrase, apart from the database's backups.",
+        )
+        return 0
+
+    return asyncio.run(_with_keys(settings, work))
+
+
+def cmd_keys_import(args: argparse.Namespace, settings: Settings) -> int:
+    _file_provider_only(settings, "keys import")
+    path: Path = args.path.absolute()
+    data = key_export.read_export(path)
+    passphrase = _read_passphrase(args, confirm=False)
+    exported = key_export.open_export(data, passphrase, str(path))
+    key_file = KeyFile(settings.key_file)
+
+    async def work(clinic: Clinic) -> int:
+        done = await asyncio.to_thread(
+            key_file.import_keys, exported.keys, exported.primary, make_primary=args.primary
+        )
+        await clinic.audit(
+            OPERATOR,
+            "keys.import",
+            entity=f"Key/{done.primary}",
+            detail=f"added={','.join(done.added)} present={','.join(done.present)}",
+        )
+        emit(
+            args,
+            {
+                "added": list(done.added),
+                "present": list(done.present),
+                "primary": done.primary,
+                "created": done.created,
+            },
+            f"{len(done.added)} keys added, {len(done.present)} already present; primary key "
+            f"{done.primary}" + (f" (new key file {key_file.path})" if done.created else ""),
+        )
+        return 0
+
+    return asyncio.run(_with_clinic(settings, work))
+
+
 def _enrollment(clinic: Clinic, settings: Settings) -> Enrollment:
     from devices.broker import broker_access
 
@@ -801,6 +890,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     json_flag(knew)
     knew.set_defaults(func=cmd_keys_new_env)
+    kexport = keys.add_parser(
+        "export", help="write the key file's keys to a passphrase-protected file"
+    )
+    kexport.add_argument("--out", type=Path, required=True, help="the file to write (mode 0600)")
+    kexport.add_argument("--force", action="store_true", help="replace an existing file")
+    kimport = keys.add_parser(
+        "import", help="merge the keys of an export into the key file (creating it if need be)"
+    )
+    kimport.add_argument("path", type=Path, help="a file made by telemed keys export")
+    kimport.add_argument(
+        "--primary", action="store_true", help="make the export's primary key the primary here"
+    )
+    for p, func in ((kexport, cmd_keys_export), (kimport, cmd_keys_import)):
+        p.add_argument(
+            "--passphrase-stdin",
+            action="store_true",
+            help="read the passphrase from the first line of standard input",
+        )
+        json_flag(p)
+        p.set_defaults(func=func)
 
     dm = sub.add_parser("demo", help="demo data").add_subparsers(dest="demo_command", required=True)
     seed = dm.add_parser("seed", help="seed a demo clinic into an empty SQLite store")

@@ -4,7 +4,8 @@ A KEK never touches the store. It wraps the per-record data keys (see `telemed.s
 each wrapped key naming the KEK's id. Providers:
 
 - `KeyFile` (the default): a JSON file outside the database, created on first start with
-  mode 0600 in a 0700 folder. It can add keys (`telemed keys rotate`) and remove retired
+  mode 0600 in a 0700 folder. It can add keys (`telemed keys rotate`), take in keys from
+  another machine (`telemed keys import`, see `telemed.key_export`) and remove retired
   ones; every change is written to a new file and renamed over the old one, so a crash
   leaves either the old file or the new one.
 - `EnvKeys`: keys given in one environment variable (`TELEMED_RECORDS_ENV_KEYS`), as
@@ -28,7 +29,7 @@ import json
 import os
 import secrets
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -169,6 +170,16 @@ class FileKey:
     created_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class KeyImport:
+    """What `KeyFile.import_keys` did: key ids added, ids already held, the primary."""
+
+    added: tuple[str, ...]
+    present: tuple[str, ...]
+    primary: str
+    created: bool  # the key file did not exist before
+
+
 class KeyFile(_AesKeys):
     """The local key file: `{"format": 1, "primary": id, "keys": [{id, key, created_at}]}`."""
 
@@ -246,6 +257,47 @@ class KeyFile(_AesKeys):
             self._write([*self._keys, key], key.id)
             self._load()
             return key.id
+
+    def import_keys(
+        self, keys: Sequence[FileKey], primary: str, *, make_primary: bool
+    ) -> KeyImport:
+        """Merge keys brought from another machine (`telemed keys import`), creating the
+        file if there is none. A key already held with the same bytes is skipped; one held
+        under the same id with other bytes refuses the whole import, nothing written.
+        `primary` (among `keys`) becomes the primary when `make_primary`, or when the file
+        is new; otherwise the local primary stays."""
+        ids = [k.id for k in keys]
+        if len(set(ids)) != len(ids):
+            raise KeyringError("a key id is given twice in the keys to import")
+        if primary not in ids:
+            raise KeyringError(f"key {primary} is not among the keys to import")
+        with self._lock:
+            created = not self.path.exists()
+            if not created:
+                self._load()
+            mine = [] if created else list(self._keys)
+            held = {k.id: k for k in mine}
+            added: list[FileKey] = []
+            present: list[str] = []
+            for key in keys:
+                local = held.get(key.id)
+                if local is None:
+                    added.append(key)
+                elif secrets.compare_digest(local.key, key.key):
+                    present.append(key.id)
+                else:
+                    raise KeyringError(
+                        f"key {key.id}: {self.description} already holds a different key "
+                        "under this id; nothing was imported"
+                    )
+            local_primary = None if created else self.primary_id()
+            new_primary = primary if make_primary or local_primary is None else local_primary
+            if added or new_primary != local_primary:
+                self._write([*mine, *added], new_primary, exclusive=created)
+                self._load()
+            return KeyImport(
+                tuple(k.id for k in added), tuple(present), new_primary, created=created
+            )
 
     def remove(self, key_id: str) -> None:
         """Drop a key (the caller checked that it wraps nothing); never the primary."""

@@ -141,6 +141,14 @@ ATTACHMENT_TYPES = ("application/pdf", "image/jpeg", "image/png")
 
 
 @dataclass(frozen=True, slots=True)
+class BackupSettings:
+    key_file: str  # the backup key (telemed backup new-key); "" is var_dir/keys/backup.key
+    folder: str  # where scheduled backups go; "" is var_dir/backups
+    interval_hours: int = field(metadata={"min": 0, "max": 24 * 30})  # 0: none scheduled
+    keep: int = field(metadata={"min": 1, "max": 1000})  # scheduled backups kept
+
+
+@dataclass(frozen=True, slots=True)
 class DemoSettings:
     seed: bool
     stream_devices: int = field(metadata={"min": 0, "max": 50})
@@ -163,6 +171,7 @@ class Settings:
     webrtc: WebRtcSettings
     signaling: SignalingSettings
     records: RecordSettings
+    backup: BackupSettings
     demo: DemoSettings
     log: LogSettings
     var_dir: Path = field(default=Path("var"))  # resolved beside the config file
@@ -182,6 +191,16 @@ class Settings:
             return self.resolve(self.records.key_file)
         return self.var_dir / "keys" / "record-keys.json"
 
+    @property
+    def backup_key_file(self) -> Path:
+        if self.backup.key_file:
+            return self.resolve(self.backup.key_file)
+        return self.var_dir / "keys" / "backup.key"
+
+    @property
+    def backup_folder(self) -> Path:
+        return self.resolve(self.backup.folder) if self.backup.folder else self.var_dir / "backups"
+
     def resolve(self, path: str) -> Path:
         """A path from the config, relative to the config file's folder."""
         p = Path(path)
@@ -198,6 +217,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "webrtc": WebRtcSettings,
     "signaling": SignalingSettings,
     "records": RecordSettings,
+    "backup": BackupSettings,
     "demo": DemoSettings,
     "log": LogSettings,
 }

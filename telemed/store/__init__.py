@@ -6,9 +6,10 @@ Later features add their collections here, as methods on `Store`, in both adapte
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Collection, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Collection, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from telemed.accounts import Patient, Role, User
 from telemed.audit import AuditEvent, AuditRecord
@@ -330,6 +331,21 @@ class Store(Protocol):
         self, *, patient_id: str | None = None, admin_id: str | None = None
     ) -> list[BreakGlass]:
         """Grants matching every filter given, newest opened first (then id, descending)."""
+
+    # backup and restore (see telemed.snapshot for the collections and their order) --
+    async def backup_counts(self) -> dict[str, int]:
+        """How many documents each collection of `snapshot.COLLECTIONS` holds now."""
+
+    def backup_dump(self, collection: str, *, batch: int = 1000) -> AsyncIterator[list[Any]]:
+        """Every domain object of the collection, in batches of at most `batch`."""
+
+    async def backup_load(self, collection: str, items: Sequence[Any]) -> None:
+        """Add these objects as they are (ids, times, hashes and all) to a store that
+        does not hold them yet; raise `Conflict` if one is there already."""
+
+    def snapshot(self) -> AbstractAsyncContextManager[bool]:
+        """Reads made inside see the store at one point in time, where the store can do
+        that (SQLite: one read transaction); yields whether it could."""
 
 
 async def open_store(settings: StoreSettings, *, base_dir: str = ".") -> Store:

@@ -10,10 +10,11 @@ migrations below run in order at open, each in its own transaction, recorded in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sqlite3
-from collections.abc import AsyncGenerator, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -43,6 +44,7 @@ from telemed.records import (
 )
 from telemed.sealing import WrappedKey
 from telemed.sessions import Session
+from telemed.snapshot import COLLECTIONS, CareTeamMember, KeyCheck, Setting
 from telemed.throttle import Throttle
 from telemed.tokens import ApiToken
 from telemed.visits import Visit, VisitState, visit_from_doc, visit_to_doc
@@ -1335,28 +1337,31 @@ class SqliteStore:
         )
         return [self._header(r) for r in rows]
 
-    def _add_record_version(self, v: SealedVersion) -> None:
+    def _add_record_versions(self, versions: Sequence[SealedVersion]) -> None:
         conn = self.conn
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.execute(
+                conn.executemany(
                     "INSERT INTO record_versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        v.id,
-                        v.record_id,
-                        v.number,
-                        v.patient_id,
-                        v.kind.value,
-                        v.author_id,
-                        _t(v.created_at),
-                        v.key_id,
-                        json.dumps(list(v.attachment_ids)),
-                    ),
+                    [
+                        (
+                            v.id,
+                            v.record_id,
+                            v.number,
+                            v.patient_id,
+                            v.kind.value,
+                            v.author_id,
+                            _t(v.created_at),
+                            v.key_id,
+                            json.dumps(list(v.attachment_ids)),
+                        )
+                        for v in versions
+                    ],
                 )
                 conn.executemany(
                     "INSERT INTO record_fields VALUES (?, ?, ?)",
-                    [(v.id, name, sealed) for name, sealed in v.fields.items()],
+                    [(v.id, name, sealed) for v in versions for name, sealed in v.fields.items()],
                 )
                 conn.execute("COMMIT")
             except BaseException:
@@ -1368,7 +1373,7 @@ class SqliteStore:
             raise StoreUnavailable(str(exc)) from exc
 
     async def add_record_version(self, version: SealedVersion) -> None:
-        await self._run(self._add_record_version, version)
+        await self._run(self._add_record_versions, [version])
 
     async def record_versions(self, version_ids: Sequence[str]) -> list[SealedVersion]:
         if not version_ids:
@@ -1564,17 +1569,237 @@ class SqliteStore:
             " ORDER BY opened_at DESC, id DESC",
             tuple(params),
         )
-        return [
-            BreakGlass(
-                id=r["id"],
-                admin_id=r["admin_id"],
-                patient_id=r["patient_id"],
-                reason=r["reason"],
-                opened_at=_dt(r["opened_at"]),
-                expires_at=_dt(r["expires_at"]),
+        return [self._break_glass(r) for r in rows]
+
+    @staticmethod
+    def _break_glass(r: sqlite3.Row) -> BreakGlass:
+        return BreakGlass(
+            id=r["id"],
+            admin_id=r["admin_id"],
+            patient_id=r["patient_id"],
+            reason=r["reason"],
+            opened_at=_dt(r["opened_at"]),
+            expires_at=_dt(r["expires_at"]),
+        )
+
+    # backup and restore -------------------------------------------------------------
+    def _row_object(self, collection: str, r: sqlite3.Row) -> Any:
+        match collection:
+            case "users":
+                return self._user(r)
+            case "patients":
+                return self._patient(r)
+            case "care_team_members":
+                return CareTeamMember(r["patient_id"], r["clinician_id"])
+            case "api_tokens":
+                return self._token(r)
+            case "clinic_settings":
+                return Setting(r["key"], r["value"])
+            case "devices":
+                return self._device(r)
+            case "device_presence":
+                return self._presence(r)
+            case "monitoring_plans":
+                return self._plan(r)
+            case "check_ins":
+                return self._check_in(r)
+            case "alerts":
+                return self._alert(r)
+            case "visits":
+                return visit_from_doc(json.loads(r["doc"]))
+            case "observations":
+                return self._observation(r)
+            case "break_glass":
+                return self._break_glass(r)
+            case "records":
+                return self._header(r)
+            case "attachments":
+                return self._attachment(r)
+            case "data_keys":
+                return self._data_key(r)
+            case "key_checks":
+                return KeyCheck(r["kek_id"], bytes(r["check_value"]))
+            case "audit_log":
+                return self._audit(r)
+        raise ValueError(f"no collection {collection}")  # pragma: no cover
+
+    async def backup_counts(self) -> dict[str, int]:
+        def count() -> dict[str, int]:
+            return {
+                name: self.conn.execute(
+                    f"SELECT COUNT(*) FROM {_BACKUP_KEYS[name][0]}"  # noqa: S608
+                ).fetchone()[0]
+                for name in COLLECTIONS
+            }
+
+        return await self._run(count)
+
+    async def backup_dump(self, collection: str, *, batch: int = 1000) -> AsyncIterator[list[Any]]:
+        table, key = _BACKUP_KEYS[collection]
+        columns = ", ".join(key)
+        marks = ", ".join("?" for _ in key)
+        after: tuple[Any, ...] | None = None
+        while True:
+            where = "" if after is None else f"WHERE ({columns}) > ({marks})"
+            rows = await self.rows(
+                f"SELECT * FROM {table} {where} ORDER BY {columns} LIMIT ?",  # noqa: S608
+                (*(after or ()), batch),
             )
-            for r in rows
-        ]
+            if not rows:
+                return
+            after = tuple(rows[-1][k] for k in key)
+            if collection == "record_versions":
+                yield await self.record_versions([r["id"] for r in rows])
+            else:
+                yield [self._row_object(collection, r) for r in rows]
+
+    async def backup_load(self, collection: str, items: Sequence[Any]) -> None:
+        if not items:
+            return
+        match collection:
+            case "observations":
+                if await self.add_observations(items) != len(items):
+                    raise Conflict("observations: some were stored already")
+                return
+            case "record_versions":
+                await self._run(self._add_record_versions, items)
+                return
+            case "audit_log":
+                await self._run(self._load_audit, items)
+                return
+        await self.write("BEGIN IMMEDIATE")
+        try:
+            for item in items:
+                await self._load_one(collection, item)
+            await self.write("COMMIT")
+        except BaseException:
+            await self.write("ROLLBACK")
+            raise
+
+    async def _load_one(self, collection: str, item: Any) -> None:
+        match collection:
+            case "users":
+                await self.add_user(item)
+            case "patients":
+                await self.add_patient(item)
+            case "care_team_members":
+                if not await self.add_care_team_member(item.patient_id, item.clinician_id):
+                    raise Conflict(f"care team member {item} is stored already")
+            case "api_tokens":
+                await self.add_token(item)
+            case "clinic_settings":
+                await self.write(
+                    "INSERT INTO clinic_settings VALUES (?, ?)", (item.key, item.value)
+                )
+            case "devices":
+                await self.add_device(item)
+            case "device_presence":
+                await self.write(
+                    "INSERT INTO device_presence VALUES (?, ?, ?, ?)",
+                    (
+                        item.device_id,
+                        None if item.online is None else int(item.online),
+                        _t_or_none(item.status_at),
+                        _t_or_none(item.last_seen_at),
+                    ),
+                )
+            case "monitoring_plans":
+                await self.put_monitoring_plan(item)
+            case "check_ins":
+                await self.add_check_in(item)
+            case "alerts":
+                await self.add_alert(item)
+            case "visits":
+                await self.add_visit(item)
+            case "break_glass":
+                await self.add_break_glass(item)
+            case "records":
+                await self.add_record(item)
+            case "attachments":
+                await self.add_attachment(item)
+            case "data_keys":
+                await self.add_data_key(item)
+            case "key_checks":
+                if not await self.put_key_check(item.kek_id, item.check):
+                    raise Conflict(f"key check {item.kek_id} is stored already")
+            case _:
+                raise ValueError(f"no collection {collection}")
+
+    def _load_audit(self, records: Sequence[AuditRecord]) -> None:
+        """Entries as they were sealed: their numbers and hashes are kept, so the chain
+        verifies after a restore exactly as before."""
+        conn = self.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(
+                    "INSERT INTO audit_log VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            r.seq,
+                            _t(r.event.at),
+                            r.event.actor_id,
+                            r.event.actor_role,
+                            r.event.action,
+                            r.event.outcome.value,
+                            r.event.source,
+                            r.event.patient_id,
+                            r.event.entity,
+                            r.event.detail,
+                            r.prev_hash,
+                            r.hash,
+                        )
+                        for r in records
+                    ],
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except sqlite3.IntegrityError as exc:
+            raise Conflict(str(exc)) from exc
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    @contextlib.asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[bool]:
+        """One read transaction: in WAL mode it sees the file as it was when it began,
+        while other connections (the running server) go on writing."""
+
+        def begin() -> None:
+            self.conn.execute("BEGIN")
+            self.conn.execute("SELECT COUNT(*) FROM users").fetchone()  # the snapshot starts
+
+        await self._run(begin)
+        try:
+            yield True
+        finally:
+            await self._run(lambda: self.conn.execute("COMMIT"))
+
+
+# each collection's table and the key it is read in order of
+_BACKUP_KEYS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "users": ("users", ("id",)),
+    "patients": ("patients", ("id",)),
+    "care_team_members": ("care_team_members", ("patient_id", "clinician_id")),
+    "api_tokens": ("api_tokens", ("id",)),
+    "clinic_settings": ("clinic_settings", ("key",)),
+    "devices": ("devices", ("id",)),
+    "device_presence": ("device_presence", ("device_id",)),
+    "monitoring_plans": ("monitoring_plans", ("patient_id",)),
+    "check_ins": ("check_ins", ("id",)),
+    "alerts": ("alerts", ("id",)),
+    "visits": ("visits", ("id",)),
+    "observations": ("observations", ("device_id", "code", "taken_at")),
+    "break_glass": ("break_glass", ("id",)),
+    "records": ("records", ("id",)),
+    "record_versions": ("record_versions", ("id",)),
+    "attachments": ("attachments", ("id",)),
+    "data_keys": ("data_keys", ("id",)),
+    "key_checks": ("key_checks", ("kek_id",)),
+    "audit_log": ("audit_log", ("seq",)),
+}
+assert set(_BACKUP_KEYS) == set(COLLECTIONS)
 
 
 def _statements(script: str) -> list[str]:
