@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from telemed.archive import load_key_file
-from telemed.backup import write_backup
+from telemed.backup import Manifest, Progress, write_backup
 from telemed.clock import Clock, iso, parse_iso
 from telemed.store import Store
 
@@ -57,7 +57,30 @@ async def backup_status(store: Store) -> BackupStatus:
 
 
 def archive_name(now: datetime) -> str:
-    return f"{PREFIX}{now:%Y%m%dT%H%M%S}Z{SUFFIX}"
+    return f"{PREFIX}{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z{SUFFIX}"
+
+
+async def backup_to_file(
+    store: Store, path: Path, key: bytes, *, now: datetime, progress: Progress | None = None
+) -> Manifest:
+    """Write a backup to `path` (mode 0600): to a partial file first, synced, then renamed,
+    so a file with the archive's name is always a whole archive. Refuses to replace one."""
+    partial = path.parent / f".{path.name}.{secrets.token_hex(4)}.partial"
+    fd = await asyncio.to_thread(os.open, partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            manifest = await write_backup(store, out, key, now=now, progress=progress)
+            await asyncio.to_thread(out.flush)
+            await asyncio.to_thread(os.fsync, out.fileno())
+        await asyncio.to_thread(os.link, partial, path)  # fails if the name is taken
+    finally:
+        await asyncio.to_thread(partial.unlink, missing_ok=True)
+    return manifest
+
+
+async def record_success(store: Store, now: datetime, path: Path) -> None:
+    await store.put_setting(LAST_SUCCESS, iso(now))
+    await store.put_setting(LAST_FILE, path.name)
 
 
 class BackupSchedule:
@@ -110,8 +133,7 @@ class BackupSchedule:
             await self.store.put_setting(LAST_FAILURE, iso(now))
             await self.store.put_setting(LAST_ERROR, message)
             return None
-        await self.store.put_setting(LAST_SUCCESS, iso(now))
-        await self.store.put_setting(LAST_FILE, path.name)
+        await record_success(self.store, now, path)
         if self.on_success:
             self.on_success(now)
         log.info("scheduled backup written file=%s removed=%d", path.name, removed)
@@ -121,17 +143,7 @@ class BackupSchedule:
         key = await asyncio.to_thread(load_key_file, self.key_file)
         await asyncio.to_thread(self.folder.mkdir, parents=True, exist_ok=True, mode=0o700)
         final = self.folder / archive_name(now)
-        partial = self.folder / f".{final.name}.{secrets.token_hex(4)}.partial"
-        fd = await asyncio.to_thread(os.open, partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                await write_backup(self.store, out, key, now=now)
-                await asyncio.to_thread(out.flush)
-                await asyncio.to_thread(os.fsync, out.fileno())
-            await asyncio.to_thread(partial.replace, final)
-        except BaseException:
-            await asyncio.to_thread(partial.unlink, missing_ok=True)
-            raise
+        await backup_to_file(self.store, final, key, now=now)
         return final
 
     def _prune(self) -> int:

@@ -36,7 +36,10 @@ from devices.enrollment import Enrollment, device_json
 from telemed import demo, key_export, tls
 from telemed.accounts import Role
 from telemed.api_json import user_json, visit_json
+from telemed.archive import encode_key, load_key_file, new_backup_key, read_header
 from telemed.audit import averify
+from telemed.backup import Manifest, copy_store, restore, verify_archive
+from telemed.backup_schedule import archive_name, backup_to_file, record_success
 from telemed.clinic import OPERATOR, Clinic
 from telemed.clock import iso, truncate, utcnow
 from telemed.errors import TelemedError
@@ -467,6 +470,241 @@ def cmd_keys_new_env(args: argparse.Namespace, settings: Settings) -> int:
     pair = EnvKeys.generate(new_key_id(utcnow()))
     emit(args, {"key": pair}, pair)
     return 0
+
+
+# backups ------------------------------------------------------------------------------
+def _backup_key(args: argparse.Namespace, settings: Settings) -> bytes:
+    path = args.key_file or settings.backup_key_file
+    if not Path(path).exists():
+        raise CliError(
+            f"backup key {path} not found: make one with `telemed backup new-key`, or pass "
+            "--key-file PATH (the key you keep apart from the backups)"
+        )
+    return load_key_file(path)
+
+
+def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
+    key = _backup_key(args, settings)
+    now = utcnow()
+    out: Path = args.out or settings.backup_folder / archive_name(now)
+    if out.exists():
+        raise CliError(f"--out: {out} exists already; choose another name")
+    out.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    bar = ProgressBar("backing up")
+
+    async def work(clinic: Clinic) -> int:
+        manifest = await backup_to_file(
+            clinic.store, out, key, now=now, progress=None if args.json else bar
+        )
+        bar.close()
+        await record_success(clinic.store, now, out)
+        await clinic.audit(
+            OPERATOR,
+            "backup.write",
+            entity=f"Backup/{out.name}",
+            detail=f"documents={manifest.total()}",
+        )
+        data = {"path": str(out), **manifest_json(manifest)}
+        emit(args, data, f"backup written: {out}\n{_manifest_lines(manifest)}")
+        return 0
+
+    try:
+        return asyncio.run(_with_clinic(settings, work))
+    except KeyboardInterrupt:
+        bar.close()
+        sys.stderr.write("telemed: backup interrupted; nothing was written under its name\n")
+        return 130
+
+
+def manifest_json(manifest: Manifest) -> dict[str, Any]:
+    return dataclasses.asdict(manifest) | {"documents": manifest.total()}
+
+
+def _manifest_lines(m: Manifest) -> str:
+    counts = ", ".join(f"{name} {n:,}" for name, n in m.counts.items() if n)
+    snapshot = "one point in time" if m.point_in_time else "collection by collection"
+    return (
+        f"  made {m.created_at} by telemed {m.server_version} from {m.store_kind} "
+        f"({snapshot})\n  {m.total():,} documents: {counts}\n"
+        f"  audit chain head: entry {m.audit_head_seq} {m.audit_head_hash}"
+    )
+
+
+def cmd_backup_verify(args: argparse.Namespace, settings: Settings) -> int:
+    key = _backup_key(args, settings)
+    try:
+        with args.path.open("rb") as file:
+            manifest = verify_archive(file, key)
+    except OSError as exc:
+        raise CliError(f"{args.path}: cannot read it: {exc.strerror}") from None
+    emit(
+        args,
+        {"path": str(args.path), "ok": True, **manifest_json(manifest)},
+        f"{args.path}: whole, decryptable, and true to its manifest\n{_manifest_lines(manifest)}",
+    )
+    return 0
+
+
+def cmd_backup_new_key(args: argparse.Namespace, settings: Settings) -> int:
+    path: Path = args.out or settings.backup_key_file
+    if path.exists():
+        raise CliError(f"{path} exists already: a new key would not open the backups made with it")
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(encode_key(new_backup_key()) + "\n")
+    emit(
+        args,
+        {"path": str(path)},
+        f"backup key written to {path} (mode 0600). Keep a copy apart from the backups: "
+        "without it no backup opens, and with it anyone holding a backup reads it.",
+    )
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
+    key = _backup_key(args, settings)
+    if not args.path.is_file():
+        raise CliError(f"{args.path}: no such file")
+    with args.path.open("rb") as probe:
+        read_header(probe)  # not an archive, or a newer format: said before anything changes
+    bar = ProgressBar("restoring")
+    if settings.store.url.startswith("sqlite:///"):
+        with single_server(settings.var_dir):  # never under a running server
+            manifest = asyncio.run(_restore_sqlite(args, settings, key, bar))
+    else:
+        manifest = asyncio.run(_restore_mongo(args, settings, key, bar))
+    bar.close()
+    emit(
+        args,
+        {"path": str(args.path), **manifest_json(manifest)},
+        f"restored from {args.path}; every count, digest and the audit chain check\n"
+        f"{_manifest_lines(manifest)}\nThe records open once the key-encryption keys are in "
+        "place (telemed keys import).",
+    )
+    return 0
+
+
+async def _restore_sqlite(
+    args: argparse.Namespace, settings: Settings, key: bytes, bar: ProgressBar
+) -> Manifest:
+    """Into a new file beside the database, checked, then put in its place: a failed
+    restore leaves the database as it was."""
+    target = Path(settings.store.url.removeprefix("sqlite:///"))
+    target = target if target.is_absolute() else settings.base_dir / target
+    if await asyncio.to_thread(target.exists):
+        current = await open_store(settings.store, base_dir=str(settings.base_dir))
+        try:
+            occupied = any((await current.backup_counts()).values())
+        finally:
+            await current.close()
+        if occupied and not args.replace:
+            raise CliError(
+                f"the store {target} is not empty: restore into an empty one, or pass --replace "
+                "(the current file is kept beside it as .replaced-<time>)"
+            )
+    fresh = target.with_name(f"{target.name}.restoring-{secrets.token_hex(4)}")
+    store = await open_store(
+        dataclasses.replace(settings.store, url=f"sqlite:///{fresh}"), base_dir="/"
+    )
+    try:
+        with args.path.open("rb") as file:  # noqa: ASYNC230 - read in chunks off the loop by restore
+            manifest = await restore(file, key, store, progress=bar)
+    except BaseException:
+        await store.close()
+        await asyncio.to_thread(_remove_database, fresh)
+        raise
+    await store.close()
+    await asyncio.to_thread(_swap_in, fresh, target)
+    return manifest
+
+
+def _remove_database(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def _swap_in(fresh: Path, target: Path) -> None:
+    """Put the restored file in the database's place, keeping the one that was there."""
+    if target.exists():
+        kept = target.with_name(f"{target.name}.replaced-{utcnow():%Y%m%dT%H%M%SZ}")
+        target.replace(kept)
+        sys.stderr.write(f"telemed: the store that was there is kept as {kept}\n")
+    for suffix in ("-wal", "-shm"):
+        Path(f"{target}{suffix}").unlink(missing_ok=True)
+    fresh.replace(target)
+
+
+async def _restore_mongo(
+    args: argparse.Namespace, settings: Settings, key: bytes, bar: ProgressBar
+) -> Manifest:
+    if args.replace:
+        raise CliError(
+            "--replace works for SQLite only: on MongoDB, restore into a new database "
+            "(set store.database) or drop the old one yourself"
+        )
+    store = await open_store(settings.store, base_dir=str(settings.base_dir))
+    try:
+        if any((await store.backup_counts()).values()):
+            raise CliError(
+                f"the database {settings.store.database} is not empty: restore into an empty "
+                "database (set store.database or TELEMED_STORE_DATABASE to a new name)"
+            )
+        with args.path.open("rb") as file:
+            try:
+                return await restore(file, key, store, progress=bar)
+            except BaseException:
+                sys.stderr.write(
+                    f"telemed: the restore stopped: the database {settings.store.database} holds "
+                    "part of the backup. Drop it before you restore again.\n"
+                )
+                raise
+    finally:
+        await store.close()
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    if not settings.store.url.startswith("sqlite:///"):
+        raise CliError("migrate copies a SQLite store: store.url is not sqlite:///…")
+    if not args.to.startswith(("mongodb://", "mongodb+srv://")):
+        raise CliError(f"--to: expected mongodb://…, got {args.to!r}")
+    bar = ProgressBar("copying")
+
+    async def work() -> Manifest:
+        source = await open_store(settings.store, base_dir=str(settings.base_dir))
+        try:
+            target = await open_store(
+                dataclasses.replace(settings.store, url=args.to, database=args.database)
+            )
+            try:
+                return await copy_store(
+                    source, target, now=utcnow(), progress=None if args.json else bar
+                )
+            finally:
+                await target.close()
+        finally:
+            await source.close()
+
+    manifest = asyncio.run(work())
+    bar.close()
+    emit(
+        args,
+        {"to": _redacted(args.to), "database": args.database, **manifest_json(manifest)},
+        f"copied into MongoDB database {args.database}; every count, digest and the audit "
+        f"chain check\n{_manifest_lines(manifest)}\nNow set store.url (or TELEMED_STORE_URL) to "
+        f"the MongoDB URL and store.database to {args.database}, then restart the server.",
+    )
+    return 0
+
+
+def _redacted(url: str) -> str:
+    """A MongoDB URL without its password, for what is printed."""
+    scheme, _, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at:
+        return url
+    user = credentials.partition(":")[0]
+    return f"{scheme}://{user}:***@{host}"
 
 
 def _file_provider_only(settings: Settings, doing: str) -> None:
@@ -910,6 +1148,39 @@ def build_parser() -> argparse.ArgumentParser:
         )
         json_flag(p)
         p.set_defaults(func=func)
+
+    backup = sub.add_parser(
+        "backup", help="write an encrypted backup of the whole store (see README, Backups)"
+    )
+    backup.add_argument("--out", type=Path, help="the archive to write (default: backup.folder)")
+    backup.add_argument("--key-file", type=Path, help="the backup key (default: backup.key_file)")
+    json_flag(backup)
+    backup.set_defaults(func=cmd_backup)
+    bsub = backup.add_subparsers(dest="backup_command")
+    bverify = bsub.add_parser("verify", help="prove an archive whole and decryptable")
+    bverify.add_argument("path", type=Path)
+    bverify.add_argument("--key-file", type=Path, help="the backup key")
+    json_flag(bverify)
+    bverify.set_defaults(func=cmd_backup_verify)
+    bnew = bsub.add_parser("new-key", help="make a backup key (keep a copy apart)")
+    bnew.add_argument("--out", type=Path, help="where (default: backup.key_file)")
+    json_flag(bnew)
+    bnew.set_defaults(func=cmd_backup_new_key)
+    rest = sub.add_parser("restore", help="restore a backup into an empty store")
+    rest.add_argument("path", type=Path)
+    rest.add_argument("--key-file", type=Path, help="the backup key")
+    rest.add_argument(
+        "--replace",
+        action="store_true",
+        help="SQLite: replace a store that is not empty (the old file is kept beside it)",
+    )
+    json_flag(rest)
+    rest.set_defaults(func=cmd_restore)
+    mig = sub.add_parser("migrate", help="copy this SQLite store into MongoDB, checked")
+    mig.add_argument("--to", required=True, help="mongodb://… of the target")
+    mig.add_argument("--database", default="telemed", help="the target database (default telemed)")
+    json_flag(mig)
+    mig.set_defaults(func=cmd_migrate)
 
     dm = sub.add_parser("demo", help="demo data").add_subparsers(dest="demo_command", required=True)
     seed = dm.add_parser("seed", help="seed a demo clinic into an empty SQLite store")
