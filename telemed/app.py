@@ -28,6 +28,8 @@ from signaling.live import LiveHub
 from signaling.roster import LocalRoster, RedisRoster, Roster
 from signaling.server import SignalingServer
 from signaling.visits import VisitRooms
+from telemed.archive import BackupKeyError
+from telemed.backup_schedule import BackupSchedule, BackupStatus
 from telemed.clinic import Clinic
 from telemed.clock import Clock, utcnow
 from telemed.demo import MARKER as DEMO_MARKER
@@ -174,6 +176,42 @@ async def monitor_ctx(app: web.Application) -> AsyncIterator[None]:
             await task
 
 
+async def backup_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Scheduled backups (backup.interval_hours > 0): a missing backup key stops start-up."""
+    settings = app[SETTINGS]
+    hours = settings.backup.interval_hours
+    if not hours:
+        yield
+        return
+    key_file = settings.backup_key_file
+    if not await asyncio.to_thread(key_file.exists):
+        raise BackupKeyError(
+            f"backup.interval_hours: scheduled backups need the backup key {key_file}: make it "
+            "with `telemed backup new-key` (and keep a copy apart from the backups)"
+        )
+    metrics = app[METRICS]
+
+    def show(status: BackupStatus) -> None:
+        if status.last_success is not None:
+            metrics.backup_last_success.set(status.last_success.timestamp())
+        metrics.backup_failing.set(1 if status.failing else 0)
+
+    schedule = BackupSchedule(
+        app[STORE],
+        app[CLOCK],
+        folder=settings.backup_folder,
+        key_file=key_file,
+        interval=timedelta(hours=hours),
+        keep=settings.backup.keep,
+        on_status=show,
+    )
+    task = asyncio.create_task(schedule.run(), name="backup-schedule")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def demo_stream_ctx(app: web.Application) -> AsyncIterator[None]:
     """The demo clinic's wearables, simulated, so a newcomer sees live vitals at once.
 
@@ -278,6 +316,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> web.Application:
     app.cleanup_ctx.append(broker_ctx)
     app.cleanup_ctx.append(monitor_ctx)
     app.cleanup_ctx.append(ingest_ctx)
+    app.cleanup_ctx.append(backup_ctx)
     app.cleanup_ctx.append(demo_stream_ctx)
     for table in (
         auth.routes,

@@ -93,7 +93,7 @@ class BackupSchedule:
         key_file: Path,
         interval: timedelta,
         keep: int,
-        on_success: Callable[[datetime], None] | None = None,
+        on_status: Callable[[BackupStatus], None] | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -101,12 +101,14 @@ class BackupSchedule:
         self.key_file = key_file
         self.interval = interval
         self.keep = keep
-        self.on_success = on_success
+        self.on_status = on_status
 
     async def run(self) -> None:
         """Back up whenever one is due, until cancelled."""
         while True:
             status = await backup_status(self.store)
+            if self.on_status:
+                self.on_status(status)
             due = self.due(status)
             wait = (due - self.clock()).total_seconds()
             if wait > 0:
@@ -134,8 +136,6 @@ class BackupSchedule:
             await self.store.put_setting(LAST_ERROR, message)
             return None
         await record_success(self.store, now, path)
-        if self.on_success:
-            self.on_success(now)
         log.info("scheduled backup written file=%s removed=%d", path.name, removed)
         return path
 

@@ -14,6 +14,8 @@ class Metrics:
     requests: Counter
     latency: Histogram
     logins: Counter
+    backup_last_success: Gauge
+    backup_failing: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> Metrics:
@@ -34,5 +36,15 @@ class Metrics:
             ),
             logins=Counter(
                 "telemed_logins", "Sign-in attempts by outcome", ["outcome"], registry=registry
+            ),
+            backup_last_success=Gauge(
+                "telemed_backup_last_success_timestamp_seconds",
+                "When the last good backup was written (Unix time; 0: none yet)",
+                registry=registry,
+            ),
+            backup_failing=Gauge(
+                "telemed_backup_failing",
+                "1 when the newest scheduled backup failed",
+                registry=registry,
             ),
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from telemed.accounts import Role
+from telemed.backup_schedule import backup_status
 from telemed.errors import ValidationError
 from telemed.monitoring import ACTIVE_STATES
 from telemed.records_office import RecordUnreadable
@@ -177,6 +178,8 @@ async def _admin_context(request: web.Request) -> dict[str, object]:
         "roles": [r.value for r in Role],
         "require_2fa": await clinic.require_2fa(default),
         "waiting_message": await request.app[RECEPTION].waiting_message(),
+        "backup": await backup_status(clinic.store),
+        "backup_hours": request.app[SETTINGS].backup.interval_hours,
         "error": "",
         "notice": "",
         "form": {},
