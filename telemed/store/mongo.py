@@ -26,8 +26,17 @@ import json
 import logging
 import random
 import uuid
-from collections.abc import AsyncGenerator, Collection, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Collection,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
@@ -42,6 +51,7 @@ from pymongo import (
     UpdateOne,
     WriteConcern,
 )
+from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure, PyMongoError
@@ -72,11 +82,19 @@ from telemed.records import (
 )
 from telemed.sealing import WrappedKey
 from telemed.sessions import Session
+from telemed.snapshot import COLLECTIONS, CareTeamMember, KeyCheck, Setting
 from telemed.throttle import Throttle
 from telemed.tokens import ApiToken
 from telemed.visits import Visit, VisitState, visit_from_doc, visit_to_doc
 
 log = logging.getLogger(__name__)
+
+# The snapshot session of the task inside `MongoStore.snapshot`, with its store: only
+# that task's backup reads use it (the server's other tasks go on reading and writing).
+# A context variable lives at module level: contexts hold theirs for good.
+_SNAPSHOT: ContextVar[tuple[MongoStore, AsyncClientSession] | None] = ContextVar(
+    "telemed_mongo_snapshot", default=None
+)
 
 Document = dict[str, Any]
 
@@ -85,6 +103,7 @@ AUDIT_APPEND_ATTEMPTS = 64  # each lost race means another writer's entry went i
 AUDIT_PAGE = 500
 DUPLICATE_KEY = 11000  # the server's error code for a unique index violation
 NAMESPACE_EXISTS = 48  # the server's error code for creating a collection that exists
+SNAPSHOT_READS_WIRE_VERSION = 13  # MongoDB 5.0: snapshot reads outside transactions
 
 USERS = "users"
 PATIENTS = "patients"
@@ -415,6 +434,29 @@ class MongoStore:
         self._break_glass: AsyncCollection[Document] = self._db.get_collection(
             BREAK_GLASS, write_concern=DURABLE
         )
+        # what a backup holds, by its names in `snapshot.COLLECTIONS`
+        self._backup_collections: dict[str, AsyncCollection[Document]] = {
+            "users": self._users,
+            "patients": self._patients,
+            "care_team_members": self._care_teams,
+            "api_tokens": self._tokens,
+            "clinic_settings": self._settings,
+            "devices": self._devices,
+            "device_presence": self._presence,
+            "monitoring_plans": self._plans,
+            "check_ins": self._check_ins,
+            "alerts": self._alerts,
+            "visits": self._visits,
+            "observations": self._observations,
+            "break_glass": self._break_glass,
+            "records": self._records,
+            "record_versions": self._record_versions,
+            "attachments": self._attachments,
+            "data_keys": self._data_keys,
+            "key_checks": self._key_checks,
+            "audit_log": self._audit,
+        }
+        assert self._backup_collections.keys() == COLLECTIONS.keys()
         self._closed = False
 
     @contextmanager
@@ -643,8 +685,9 @@ class MongoStore:
             created_at=_dt(doc["created_at"]),
         )
 
-    async def add_patient(self, patient: Patient) -> None:
-        doc: Document = {
+    @staticmethod
+    def _patient_doc(patient: Patient) -> Document:
+        return {
             "_id": patient.id,
             "name": patient.name,
             # BSON has no calendar date; ISO 8601 keeps it exact and sortable
@@ -652,8 +695,10 @@ class MongoStore:
             "language": patient.language,
             "created_at": patient.created_at,
         }
+
+    async def add_patient(self, patient: Patient) -> None:
         with self._op(f"patient {patient.id}"):
-            await self._patients.insert_one(doc)
+            await self._patients.insert_one(self._patient_doc(patient))
 
     async def get_patient(self, patient_id: str) -> Patient | None:
         with self._op(f"patient {patient_id}"):
@@ -670,11 +715,15 @@ class MongoStore:
         return [self._patient(d) for d in docs]
 
     # care teams -------------------------------------------------------------
+    @staticmethod
+    def _care_team_doc(member: CareTeamMember) -> Document:
+        return {"patient_id": member.patient_id, "clinician_id": member.clinician_id}
+
     async def add_care_team_member(self, patient_id: str, clinician_id: str) -> bool:
         try:
             with self._op(f"care team of patient {patient_id}"):
                 await self._care_teams.insert_one(
-                    {"patient_id": patient_id, "clinician_id": clinician_id}
+                    self._care_team_doc(CareTeamMember(patient_id, clinician_id))
                 )
         except Conflict:
             return False
@@ -711,8 +760,9 @@ class MongoStore:
             revoked_at=_dt_or_none(doc.get("revoked_at")),
         )
 
-    async def add_token(self, token: ApiToken) -> None:
-        doc: Document = {
+    @staticmethod
+    def _token_doc(token: ApiToken) -> Document:
+        return {
             "_id": token.id,
             "user_id": token.user_id,
             "name": token.name,
@@ -720,8 +770,10 @@ class MongoStore:
             "created_at": token.created_at,
             "revoked_at": token.revoked_at,
         }
+
+    async def add_token(self, token: ApiToken) -> None:
         with self._op(f"API token {token.id}"):
-            await self._tokens.insert_one(doc)
+            await self._tokens.insert_one(self._token_doc(token))
 
     async def get_token(self, token_id: str) -> ApiToken | None:
         with self._op(f"API token {token_id}"):
@@ -814,10 +866,14 @@ class MongoStore:
             doc = await self._settings.find_one({"_id": key})
         return None if doc is None else str(doc["value"])
 
+    @staticmethod
+    def _setting_doc(setting: Setting) -> Document:
+        return {"_id": setting.key, "value": setting.value}
+
     async def put_setting(self, key: str, value: str) -> None:
         with self._op(f"setting {key}"):
             await self._settings.replace_one(
-                {"_id": key}, {"_id": key, "value": value}, upsert=True
+                {"_id": key}, self._setting_doc(Setting(key, value)), upsert=True
             )
 
     # wearables --------------------------------------------------------------
@@ -831,16 +887,19 @@ class MongoStore:
             revoked_at=_dt_or_none(doc.get("revoked_at")),
         )
 
-    async def add_device(self, device: Device) -> None:
-        doc: Document = {
+    @staticmethod
+    def _device_doc(device: Device) -> Document:
+        return {
             "_id": device.id,
             "patient_id": device.patient_id,
             "kind": device.kind,
             "created_at": device.created_at,
             "revoked_at": device.revoked_at,
         }
+
+    async def add_device(self, device: Device) -> None:
         with self._op(f"device {device.id}"):
-            await self._devices.insert_one(doc)
+            await self._devices.insert_one(self._device_doc(device))
 
     async def get_device(self, device_id: str) -> Device | None:
         with self._op(f"device {device_id}"):
@@ -1107,6 +1166,14 @@ class MongoStore:
             last_seen_at=_dt_or_none(doc.get("last_seen_at")),
         )
 
+    @staticmethod
+    def _presence_doc(presence: DevicePresence) -> Document:
+        """The fields a presence's writes have set: a status (`set_device_presence`)
+        and a reading time (`record_device_activity`) each come with their own write."""
+        p = presence
+        fields = {"online": p.online, "status_at": p.status_at, "last_seen_at": p.last_seen_at}
+        return {"_id": p.device_id, **{k: v for k, v in fields.items() if v is not None}}
+
     async def set_device_presence(self, device_id: str, online: bool, at: datetime) -> bool:
         try:
             with self._op(f"presence of device {device_id}"):
@@ -1180,7 +1247,14 @@ class MongoStore:
         return self._plan(doc) if doc else None
 
     async def put_monitoring_plan(self, plan: MonitoringPlan) -> None:
-        doc: Document = {
+        with self._op(f"monitoring plan of patient {plan.patient_id}"):
+            await self._plans.replace_one(
+                {"_id": plan.patient_id}, self._plan_doc(plan), upsert=True
+            )
+
+    @staticmethod
+    def _plan_doc(plan: MonitoringPlan) -> Document:
+        return {
             "_id": plan.patient_id,
             # a list, not a document keyed by code: codes are data, not field names
             "thresholds": [
@@ -1193,8 +1267,6 @@ class MongoStore:
             "updated_by": plan.updated_by,
             "updated_at": plan.updated_at,
         }
-        with self._op(f"monitoring plan of patient {plan.patient_id}"):
-            await self._plans.replace_one({"_id": plan.patient_id}, doc, upsert=True)
 
     # check-ins --------------------------------------------------------------
     @staticmethod
@@ -1210,9 +1282,9 @@ class MongoStore:
             on_oxygen=None if oxygen is None else bool(oxygen),
         )
 
-    async def add_check_in(self, check_in: CheckIn) -> None:
-        c = check_in
-        doc: Document = {
+    @staticmethod
+    def _check_in_doc(c: CheckIn) -> Document:
+        return {
             "_id": c.id,
             "patient_id": c.patient_id,
             "taken_at": c.taken_at,
@@ -1221,8 +1293,10 @@ class MongoStore:
             "consciousness": c.consciousness,
             "on_oxygen": c.on_oxygen,
         }
-        with self._op(f"check-in of patient {c.patient_id}"):
-            await self._check_ins.insert_one(doc)
+
+    async def add_check_in(self, check_in: CheckIn) -> None:
+        with self._op(f"check-in of patient {check_in.patient_id}"):
+            await self._check_ins.insert_one(self._check_in_doc(check_in))
 
     async def latest_check_ins(self, patient_id: str) -> LatestCheckIns:
         newest = [("taken_at", DESCENDING), ("_id", DESCENDING)]
@@ -1626,9 +1700,9 @@ class MongoStore:
             body=bytes(doc["body"]),
         )
 
-    async def add_attachment(self, attachment: SealedAttachment) -> None:
-        a = attachment
-        doc: Document = {
+    @staticmethod
+    def _attachment_doc(a: SealedAttachment) -> Document:
+        return {
             "_id": a.id,
             "record_id": a.record_id,
             "patient_id": a.patient_id,
@@ -1640,8 +1714,11 @@ class MongoStore:
             "name": a.name,
             "body": a.body,
         }
+
+    async def add_attachment(self, attachment: SealedAttachment) -> None:
+        a = attachment
         with self._op(f"attachment {a.id} of record {a.record_id}"):
-            await self._attachments.insert_one(doc)
+            await self._attachments.insert_one(self._attachment_doc(a))
 
     async def get_attachment(self, attachment_id: str) -> SealedAttachment | None:
         with self._op(f"attachment {attachment_id}"):
@@ -1668,8 +1745,9 @@ class MongoStore:
             format=int(doc["format"]),
         )
 
-    async def add_data_key(self, key: WrappedKey) -> None:
-        doc: Document = {
+    @staticmethod
+    def _data_key_doc(key: WrappedKey) -> Document:
+        return {
             "_id": key.id,
             "key_id": key.id,
             "patient_id": key.patient_id,
@@ -1678,8 +1756,10 @@ class MongoStore:
             "created_at": key.created_at,
             "format": key.format,
         }
+
+    async def add_data_key(self, key: WrappedKey) -> None:
         with self._op(f"data key {key.id}"):
-            await self._data_keys.insert_one(doc)
+            await self._data_keys.insert_one(self._data_key_doc(key))
 
     async def get_data_keys(self, key_ids: Collection[str]) -> dict[str, WrappedKey]:
         if not key_ids:
@@ -1736,26 +1816,35 @@ class MongoStore:
             result = await self._data_keys.delete_many({"patient_id": patient_id})
         return result.deleted_count
 
+    @staticmethod
+    def _key_check_doc(key_check: KeyCheck) -> Document:
+        return {"_id": key_check.kek_id, "check": key_check.check}
+
     async def put_key_check(self, kek_id: str, check: bytes) -> bool:
         try:
             with self._op(f"check value of key {kek_id}"):
-                await self._key_checks.insert_one({"_id": kek_id, "check": check})
+                await self._key_checks.insert_one(self._key_check_doc(KeyCheck(kek_id, check)))
         except Conflict:  # one is kept already: it stays
             return False
         return True
 
+    @staticmethod
+    def _key_check(doc: Document) -> KeyCheck:
+        return KeyCheck(doc["_id"], bytes(doc["check"]))
+
     async def key_checks(self) -> dict[str, bytes]:
         with self._op("key check values"):
             docs = await self._key_checks.find({}).to_list()
-        return {d["_id"]: bytes(d["check"]) for d in docs}
+        return {c.kek_id: c.check for c in map(self._key_check, docs)}
 
     async def delete_key_check(self, kek_id: str) -> None:
         with self._op(f"check value of key {kek_id}"):
             await self._key_checks.delete_one({"_id": kek_id})
 
     # break-glass ----------------------------------------------------------------------
-    async def add_break_glass(self, grant: BreakGlass) -> None:
-        doc: Document = {
+    @staticmethod
+    def _break_glass_doc(grant: BreakGlass) -> Document:
+        return {
             "_id": grant.id,
             "admin_id": grant.admin_id,
             "patient_id": grant.patient_id,
@@ -1763,8 +1852,21 @@ class MongoStore:
             "opened_at": grant.opened_at,
             "expires_at": grant.expires_at,
         }
+
+    @staticmethod
+    def _grant(doc: Document) -> BreakGlass:
+        return BreakGlass(
+            id=doc["_id"],
+            admin_id=doc["admin_id"],
+            patient_id=doc["patient_id"],
+            reason=doc["reason"],
+            opened_at=_dt(doc["opened_at"]),
+            expires_at=_dt(doc["expires_at"]),
+        )
+
+    async def add_break_glass(self, grant: BreakGlass) -> None:
         with self._op(f"break-glass grant {grant.id}"):
-            await self._break_glass.insert_one(doc)
+            await self._break_glass.insert_one(self._break_glass_doc(grant))
 
     async def break_glass_grants(
         self, *, patient_id: str | None = None, admin_id: str | None = None
@@ -1779,14 +1881,205 @@ class MongoStore:
                 query, sort=[("opened_at", DESCENDING), ("_id", DESCENDING)]
             )
             docs = await cursor.to_list()
-        return [
-            BreakGlass(
-                id=d["_id"],
-                admin_id=d["admin_id"],
-                patient_id=d["patient_id"],
-                reason=d["reason"],
-                opened_at=_dt(d["opened_at"]),
-                expires_at=_dt(d["expires_at"]),
+        return [self._grant(d) for d in docs]
+
+    # backup and restore -------------------------------------------------------------
+    def _backup_collection(self, collection: str) -> AsyncCollection[Document]:
+        try:
+            return self._backup_collections[collection]
+        except KeyError:
+            raise ValueError(f"no collection {collection}") from None
+
+    def _backup_reader(self, collection: str) -> Callable[[Document], Any]:
+        """The domain object of a stored document, as the collection's reads make it."""
+        match collection:
+            case "users":
+                return self._user
+            case "patients":
+                return self._patient
+            case "care_team_members":
+                return lambda d: CareTeamMember(d["patient_id"], d["clinician_id"])
+            case "api_tokens":
+                return self._token
+            case "clinic_settings":
+                return lambda d: Setting(d["_id"], str(d["value"]))
+            case "devices":
+                return self._device
+            case "device_presence":
+                return self._presence_of
+            case "monitoring_plans":
+                return self._plan
+            case "check_ins":
+                return self._check_in
+            case "alerts":
+                return self._alert
+            case "visits":
+                return lambda d: visit_from_doc(d["doc"])
+            case "observations":
+                return self._layout.observation
+            case "break_glass":
+                return self._grant
+            case "records":
+                return self._header
+            case "record_versions":
+                return self._version
+            case "attachments":
+                return self._attachment
+            case "data_keys":
+                return self._data_key
+            case "key_checks":
+                return self._key_check
+            case "audit_log":
+                return self._audit_record
+        raise ValueError(f"no collection {collection}")
+
+    def _backup_doc(self, collection: str, item: Any) -> Document:
+        """The document the collection's writes store for a domain object."""
+        match collection:
+            case "users":
+                return self._user_doc(item)
+            case "patients":
+                return self._patient_doc(item)
+            case "care_team_members":
+                return self._care_team_doc(item)
+            case "api_tokens":
+                return self._token_doc(item)
+            case "clinic_settings":
+                return self._setting_doc(item)
+            case "devices":
+                return self._device_doc(item)
+            case "device_presence":
+                return self._presence_doc(item)
+            case "monitoring_plans":
+                return self._plan_doc(item)
+            case "check_ins":
+                return self._check_in_doc(item)
+            case "alerts":
+                return self._alert_doc(item)
+            case "visits":
+                return self._visit_doc(item)
+            case "break_glass":
+                return self._break_glass_doc(item)
+            case "records":
+                return self._header_doc(item)
+            case "record_versions":
+                return self._version_doc(item)
+            case "attachments":
+                return self._attachment_doc(item)
+            case "data_keys":
+                return self._data_key_doc(item)
+            case "key_checks":
+                return self._key_check_doc(item)
+            case "audit_log":
+                # as sealed: its number and hashes are kept, so the chain verifies after
+                # a restore exactly as before
+                return self._audit_doc(item)
+        raise ValueError(f"no collection {collection}")
+
+    def _read_session(self) -> AsyncClientSession | None:
+        """The snapshot session, when the current task reads inside this store's
+        `snapshot`; None otherwise (each read then sees the store as it is)."""
+        active = _SNAPSHOT.get()
+        return active[1] if active is not None and active[0] is self else None
+
+    async def backup_counts(self) -> dict[str, int]:
+        session = self._read_session()
+        counts: dict[str, int] = {}
+        with self._op("backup counts"):
+            for name in COLLECTIONS:
+                source = self._backup_collection(name)
+                counts[name] = await source.count_documents({}, session=session)
+        return counts
+
+    async def backup_dump(self, collection: str, *, batch: int = 1000) -> AsyncIterator[list[Any]]:
+        """Pages in `_id` order, each one query after the last `_id` of the one before
+        (no cursor stays open while the caller writes a page out).
+
+        `_id` is the natural key where there is one (the audit log's is its sequence
+        number), else the ObjectId the driver gave the document when it was inserted
+        (care team members, observations). In a time-series collection that ObjectId is
+        the only field that tells two documents apart: MongoDB enforces no unique key
+        there, and a reading stored twice (see `_add_through_key_log`) is read twice, as
+        `backup_counts` counts it. A time-series collection has no index on `_id`, so
+        each page there sorts the readings after the last one read (the first `batch`).
+        """
+        if batch <= 0:
+            raise ValueError(f"batch: expected a positive size, got {batch}")
+        source = self._backup_collection(collection)
+        read = self._backup_reader(collection)
+        after: Any = None
+        while True:
+            query: Document = {} if after is None else {"_id": {"$gt": after}}
+            with self._op(f"backup of {collection}"):
+                cursor = source.find(
+                    query, sort=[("_id", ASCENDING)], limit=batch, session=self._read_session()
+                )
+                docs = await cursor.to_list()
+            if not docs:
+                return
+            after = docs[-1]["_id"]
+            yield [read(d) for d in docs]
+            if len(docs) < batch:
+                return
+
+    async def backup_load(self, collection: str, items: Sequence[Any]) -> None:
+        """One ordered insert of the documents the collection's writes store: on a key
+        that is taken it stops there, and raises `Conflict`; the documents before it stay
+        (MongoDB has no all-or-nothing insert outside a transaction). Observations go
+        through `add_observations`, which also logs their keys where the layout has a
+        key log."""
+        if not items:
+            return
+        if collection == "observations":
+            if await self.add_observations(items) != len(items):
+                raise Conflict("observations: some were stored already")
+            return
+        target = self._backup_collection(collection)
+        docs = [self._backup_doc(collection, item) for item in items]
+        what = f"restoring {collection}"
+        with self._op(what):
+            try:
+                await target.insert_many(docs, ordered=True)
+            except BulkWriteError as exc:
+                _duplicates_only(exc, what)  # anything else: StoreUnavailable
+                first = exc.details["writeErrors"][0]
+                # a duplicate key: `_op` makes it a `Conflict` naming the key's fields
+                raise DuplicateKeyError(
+                    "duplicate key", DUPLICATE_KEY, {"keyPattern": first.get("keyPattern")}
+                ) from exc
+
+    async def _snapshot_reads(self) -> bool:
+        """Whether the server keeps the history a snapshot read needs: a replica set or a
+        sharded cluster (`hello`'s setName, or "isdbgrid" from a mongos) of MongoDB 5.0 or
+        newer. A standalone server has no snapshot reads (they need a replica set)."""
+        with self._op("hello"):
+            hello = await self._client.admin.command("hello")
+        clustered = bool(hello.get("setName")) or hello.get("msg") == "isdbgrid"
+        return clustered and int(hello.get("maxWireVersion", 0)) >= SNAPSHOT_READS_WIRE_VERSION
+
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[bool]:
+        """On a replica set or sharded cluster, a snapshot session that this task's
+        `backup_counts` and `backup_dump` read in: every read sees the majority-committed
+        data of the time of the first one. The server keeps that time readable for
+        `minSnapshotHistoryWindowInSeconds` (300 s by default): a backup that reads for
+        longer may fail with SnapshotTooOld, never mixing times. Any other server (a
+        standalone one, or one older than 5.0) reads no snapshot: each read then sees the
+        store as it is, and this yields False.
+        """
+        if not await self._snapshot_reads():
+            log.warning(
+                "backup: this MongoDB server reads no snapshot (standalone, or older than "
+                "5.0); the backup is not of one point in time (the order of its collections "
+                "keeps references whole)"
             )
-            for d in docs
-        ]
+            yield False
+            return
+        with self._op("snapshot session"):
+            session = self._client.start_session(snapshot=True)
+        token = _SNAPSHOT.set((self, session))
+        try:
+            yield True
+        finally:
+            _SNAPSHOT.reset(token)
+            await session.end_session()  # returns the session to the pool: no I/O

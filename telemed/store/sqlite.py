@@ -1704,6 +1704,11 @@ class SqliteStore:
                     ),
                 )
             case "monitoring_plans":
+                # put_monitoring_plan replaces: a plan stored already must not be
+                if await self.get_monitoring_plan(item.patient_id) is not None:
+                    raise Conflict(
+                        f"monitoring plan of patient {item.patient_id} is stored already"
+                    )
                 await self.put_monitoring_plan(item)
             case "check_ins":
                 await self.add_check_in(item)

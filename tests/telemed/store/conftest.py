@@ -10,6 +10,7 @@ afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import socket
@@ -172,10 +173,19 @@ def _mongo_backend(
     ]
 )
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    name: str = request.param
+    async with backend_of(request.param, request, tmp_path / "store.db") as backend:
+        yield backend
+
+
+@contextlib.asynccontextmanager
+async def backend_of(
+    name: str, request: pytest.FixtureRequest, sqlite_path: Path
+) -> AsyncIterator[Backend]:
+    """A backend named as `backend`'s parameters are, on a fresh database (SQLite: the
+    file `sqlite_path`); its stores are closed and its database dropped at the end."""
     drop: Callable[[], Awaitable[None]] | None = None
     if name == SQLITE:
-        settings = StoreSettings(url=f"sqlite:///{tmp_path / 'store.db'}", database="")
+        settings = StoreSettings(url=f"sqlite:///{sqlite_path}", database="")
         backend = Backend(name, lambda: open_store(settings))
     elif name == NX:
         backend, drop = _mongo_backend(name, request.getfixturevalue("nx_uri"))
@@ -199,6 +209,17 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
 async def store(backend: Backend) -> Store:
     """A fresh, empty store of the backend's kind (closed by `backend`)."""
     return await backend.open()
+
+
+@pytest_asyncio.fixture
+async def other_backend(
+    backend: Backend, request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Backend]:
+    """Another backend of `backend`'s kind, on a database of its own: `backend.open()`
+    opens the same database again, this opens a different one."""
+    name: str = request.node.callspec.params["backend"]
+    async with backend_of(name, request, tmp_path / "other.db") as other:
+        yield other
 
 
 @pytest.fixture(autouse=True)
