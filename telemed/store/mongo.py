@@ -2007,17 +2007,19 @@ class MongoStore:
             raise ValueError(f"batch: expected a positive size, got {batch}")
         source = self._backup_collection(collection)
         read = self._backup_reader(collection)
+        # the audit log in the order its readers use (seq, which its _id repeats)
+        key = "seq" if collection == "audit_log" else "_id"
         after: Any = None
         while True:
-            query: Document = {} if after is None else {"_id": {"$gt": after}}
+            query: Document = {} if after is None else {key: {"$gt": after}}
             with self._op(f"backup of {collection}"):
                 cursor = source.find(
-                    query, sort=[("_id", ASCENDING)], limit=batch, session=self._read_session()
+                    query, sort=[(key, ASCENDING)], limit=batch, session=self._read_session()
                 )
                 docs = await cursor.to_list()
             if not docs:
                 return
-            after = docs[-1]["_id"]
+            after = docs[-1][key]
             yield [read(d) for d in docs]
             if len(docs) < batch:
                 return
