@@ -51,7 +51,12 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 @pytest_asyncio.fixture
 async def kit(store: Store, tmp_path: Path) -> Kit:
-    kit = await make_kit(store, tmp_path / "keys" / "k.json")
+    return await populate(store, tmp_path / "keys" / "k.json")
+
+
+async def populate(store: Store, key_path: Path) -> Kit:
+    """A clinic with something in every collection a backup holds."""
+    kit = await make_kit(store, key_path)
     await KeyCustody(store, Sealer(kit.keys)).verify()  # as start-up does: the key checks
     await kit.signed_record()
     await kit.signed_record(kit.other_patient)
