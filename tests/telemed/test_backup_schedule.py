@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 from telemed.app import create_app
 from telemed.archive import BackupKeyError, encode_key, new_backup_key
 from telemed.backup import verify_archive
-from telemed.backup_schedule import RETRY, BackupSchedule, backup_status
+from telemed.backup_schedule import LAST_ERROR, LAST_FAILURE, RETRY, BackupSchedule, backup_status
 from telemed.settings import Settings, StoreSettings
 from telemed.store import Store, open_store
 from telemed.web.keys import STORE
@@ -140,3 +140,21 @@ async def test_the_server_backs_up_on_schedule_and_shows_it(
     assert 'data-testid="backup-failing"' not in page
     with archives[0].open("rb") as file:
         assert set(verify_archive(file, KEY).counts) >= {"users", "audit_log"}
+
+
+async def test_a_failing_backup_is_shown_to_admins(
+    client: TestClient,  # type: ignore[type-arg]
+    people: People,
+) -> None:
+    store = client.app[STORE]
+
+    async def backed_up() -> bool:
+        return (await backup_status(store)).last_success is not None
+
+    assert await until(backed_up, 30)
+    await store.put_setting(LAST_FAILURE, "2099-01-01T00:00:00.000Z")  # newer than the success
+    await store.put_setting(LAST_ERROR, "OSError: [Errno 28] No space left on device")
+    assert (await login(client, people.admin.email)).status == 302
+    page = await (await client.get("/admin")).text()
+    assert 'data-testid="backup-failing"' in page
+    assert "No space left on device" in page
