@@ -2,6 +2,7 @@
 
 An archive (the container is `telemed.archive`: AES-256-GCM chunks under the operator's
 backup key) holds, as its records, JSON lines:
+- first, how many documents are coming (`{"expected": N}`, for a restore's progress);
 - one batch of documents per line: `{"c": collection, "docs": [...]}`, the documents as
   `telemed.snapshot` makes them, collection after collection in `COLLECTIONS` order;
 - the manifest, last: format, server version, store kind, whether the store was read at
@@ -125,6 +126,8 @@ async def write_backup(
     async with store.snapshot() as point_in_time:
         totals = await store.backup_counts()
         total = sum(totals.values())
+        # first, how much is coming (for a restore's progress; the manifest is the truth)
+        await asyncio.to_thread(writer.add, canonical({"expected": total}))
         for name in COLLECTIONS:
             async for batch in store.backup_dump(name, batch=BATCH):
                 lines = [canonical(to_plain(o)) for o in batch]
@@ -163,9 +166,10 @@ def _manifest(plain: dict[str, Any]) -> Manifest:
     return manifest
 
 
-def read_batches(file: BinaryIO, key: bytes) -> Iterator[tuple[str, list[Any]] | Manifest]:
-    """The archive's batches, as (collection, plain documents), then its manifest. The
-    container checks every chunk's tag before a record of it is yielded."""
+def read_batches(file: BinaryIO, key: bytes) -> Iterator[int | tuple[str, list[Any]] | Manifest]:
+    """How many documents the archive expects (an int, first), its batches as
+    (collection, plain documents), then its manifest. The container checks every
+    chunk's tag before a record of it is yielded."""
     seen_manifest = False
     for record in ArchiveReader(file, key):
         if seen_manifest:
@@ -174,6 +178,9 @@ def read_batches(file: BinaryIO, key: bytes) -> Iterator[tuple[str, list[Any]] |
             line = json.loads(record)
         except ValueError:
             raise BackupError("a record of the archive is not JSON") from None
+        if "expected" in line:
+            yield int(line["expected"])
+            continue
         if "manifest" in line:
             seen_manifest = True
             yield _manifest(line["manifest"])
@@ -189,8 +196,11 @@ def read_batches(file: BinaryIO, key: bytes) -> Iterator[tuple[str, list[Any]] |
 def verify_archive(file: BinaryIO, key: bytes, progress: Progress | None = None) -> Manifest:
     """Prove the archive whole, decryptable and true to its manifest, restoring nothing."""
     tally = Tally()
-    done = 0
+    done = expected = 0
     for item in read_batches(file, key):
+        if isinstance(item, int):
+            expected = item
+            continue
         if isinstance(item, Manifest):
             tally.compare(item, "the archive")
             return item
@@ -200,7 +210,7 @@ def verify_archive(file: BinaryIO, key: bytes, progress: Progress | None = None)
         tally.add(name, [canonical(d) for d in docs], objects if name == "audit_log" else None)
         done += len(docs)
         if progress:
-            progress(done, done)
+            progress(done, max(expected, done))
     raise BackupError("the archive has no manifest")  # read_batches raised already
 
 
@@ -213,8 +223,11 @@ async def restore(
         raise BackupError("the store is not empty: restore into an empty store")
     items = _threaded(read_batches(file, key))
     manifest: Manifest | None = None
-    done = 0
+    done = expected = 0
     async for item in items:
+        if isinstance(item, int):
+            expected = item
+            continue
         if isinstance(item, Manifest):
             manifest = item
             break
@@ -223,7 +236,7 @@ async def restore(
         await store.backup_load(name, [from_plain(tp, d) for d in docs])
         done += len(docs)
         if progress:
-            progress(done, done)
+            progress(done, max(expected, done))
     if manifest is None:
         raise BackupError("the archive has no manifest")
     await check_store(store, manifest, "the restored store")
