@@ -190,6 +190,9 @@ async def backup_ctx(app: web.Application) -> AsyncIterator[None]:
             "with `telemed backup new-key` (and keep a copy apart from the backups)"
         )
     metrics = app[METRICS]
+    # its own connection: on SQLite a backup holds one read transaction for its whole
+    # length, which must not wrap the server's own writes
+    store = await open_store(settings.store, base_dir=str(settings.base_dir))
 
     def show(status: BackupStatus) -> None:
         if status.last_success is not None:
@@ -197,7 +200,7 @@ async def backup_ctx(app: web.Application) -> AsyncIterator[None]:
         metrics.backup_failing.set(1 if status.failing else 0)
 
     schedule = BackupSchedule(
-        app[STORE],
+        store,
         app[CLOCK],
         folder=settings.backup_folder,
         key_file=key_file,
@@ -210,6 +213,7 @@ async def backup_ctx(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    await store.close()
 
 
 async def demo_stream_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -106,6 +106,16 @@ class Tally:
             )
 
 
+def batch_size(collection: str) -> int:
+    """Documents per archive record: attachments (up to 15 MiB each) one at a time, so a
+    record, and what a backup or a restore holds in memory, stays small."""
+    return 1 if collection == "attachments" else BATCH
+
+
+def _encode(batch: list[Any]) -> list[bytes]:
+    return [canonical(to_plain(o)) for o in batch]
+
+
 def _batch_line(collection: str, lines: list[bytes]) -> bytes:
     return b'{"c":' + json.dumps(collection).encode() + b',"docs":[' + b",".join(lines) + b"]}"
 
@@ -129,8 +139,8 @@ async def write_backup(
         # first, how much is coming (for a restore's progress; the manifest is the truth)
         await asyncio.to_thread(writer.add, canonical({"expected": total}))
         for name in COLLECTIONS:
-            async for batch in store.backup_dump(name, batch=BATCH):
-                lines = [canonical(to_plain(o)) for o in batch]
+            async for batch in store.backup_dump(name, batch=batch_size(name)):
+                lines = await asyncio.to_thread(_encode, batch)
                 tally.add(name, lines, batch if name == "audit_log" else None)
                 await asyncio.to_thread(writer.add, _batch_line(name, lines))
                 done += len(lines)
@@ -248,8 +258,8 @@ async def check_store(store: Store, manifest: Manifest, where: str) -> None:
     """Read every collection of `store` back and compare it with `manifest`."""
     tally = Tally()
     for name in COLLECTIONS:
-        async for batch in store.backup_dump(name, batch=BATCH):
-            lines = [canonical(to_plain(o)) for o in batch]
+        async for batch in store.backup_dump(name, batch=batch_size(name)):
+            lines = await asyncio.to_thread(_encode, batch)
             tally.add(name, lines, batch if name == "audit_log" else None)
     tally.compare(manifest, where)
 
@@ -266,12 +276,9 @@ async def copy_store(
     async with source.snapshot() as point_in_time:
         total = sum((await source.backup_counts()).values())
         for name in COLLECTIONS:
-            async for batch in source.backup_dump(name, batch=BATCH):
-                tally.add(
-                    name,
-                    [canonical(to_plain(o)) for o in batch],
-                    batch if name == "audit_log" else None,
-                )
+            async for batch in source.backup_dump(name, batch=batch_size(name)):
+                lines = await asyncio.to_thread(_encode, batch)
+                tally.add(name, lines, batch if name == "audit_log" else None)
                 await target.backup_load(name, batch)
                 done += len(batch)
                 if progress:

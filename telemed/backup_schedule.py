@@ -7,6 +7,7 @@ failure, whichever process made them.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import secrets
@@ -18,6 +19,7 @@ from pathlib import Path
 from telemed.archive import load_key_file
 from telemed.backup import Manifest, Progress, write_backup
 from telemed.clock import Clock, iso, parse_iso
+from telemed.errors import TelemedError
 from telemed.store import Store
 
 log = logging.getLogger(__name__)
@@ -72,10 +74,25 @@ async def backup_to_file(
             manifest = await write_backup(store, out, key, now=now, progress=progress)
             await asyncio.to_thread(out.flush)
             await asyncio.to_thread(os.fsync, out.fileno())
-        await asyncio.to_thread(os.link, partial, path)  # fails if the name is taken
+        await asyncio.to_thread(_publish, partial, path)
     finally:
         await asyncio.to_thread(partial.unlink, missing_ok=True)
     return manifest
+
+
+def _publish(partial: Path, path: Path) -> None:
+    """Give the finished archive its name, never over an existing file: a hard link where
+    the file system has them, else a rename after a check (FAT and some network shares)."""
+    try:
+        os.link(partial, path)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV):
+            raise
+        if path.exists():
+            raise FileExistsError(errno.EEXIST, "exists already", str(path)) from None
+        partial.rename(path)
 
 
 async def record_success(store: Store, now: datetime, path: Path) -> None:
@@ -102,11 +119,17 @@ class BackupSchedule:
         self.interval = interval
         self.keep = keep
         self.on_status = on_status
+        self.failed_at: datetime | None = None  # a failure the store could not record
 
     async def run(self) -> None:
         """Back up whenever one is due, until cancelled."""
         while True:
-            status = await backup_status(self.store)
+            try:
+                status = await backup_status(self.store)
+            except TelemedError as exc:  # the store is away: say so, and look again soon
+                log.error("scheduled backups: cannot read their status: %s", exc)
+                await asyncio.sleep(RETRY.total_seconds())
+                continue
             if self.on_status:
                 self.on_status(status)
             due = self.due(status)
@@ -117,6 +140,10 @@ class BackupSchedule:
             await self.run_once()
 
     def due(self, status: BackupStatus) -> datetime:
+        if self.failed_at is not None and (
+            status.last_success is None or self.failed_at > status.last_success
+        ):
+            return self.failed_at + RETRY
         if status.failing and status.last_failure is not None:
             return status.last_failure + RETRY
         if status.last_success is None:
@@ -132,10 +159,17 @@ class BackupSchedule:
         except Exception as exc:  # noqa: BLE001 - any failure is recorded and shown, then retried
             message = f"{type(exc).__name__}: {exc}"[:500]
             log.error("scheduled backup failed: %s", message)
-            await self.store.put_setting(LAST_FAILURE, iso(now))
-            await self.store.put_setting(LAST_ERROR, message)
+            try:
+                await self.store.put_setting(LAST_FAILURE, iso(now))
+                await self.store.put_setting(LAST_ERROR, message)
+            except TelemedError as store_error:  # logged above; the loop goes on
+                log.error("scheduled backup: cannot record the failure: %s", store_error)
+                self.failed_at = now
             return None
-        await record_success(self.store, now, path)
+        try:
+            await record_success(self.store, now, path)
+        except TelemedError as exc:
+            log.error("scheduled backup written but not recorded: %s", exc)
         log.info("scheduled backup written file=%s removed=%d", path.name, removed)
         return path
 

@@ -550,9 +550,16 @@ def cmd_backup_new_key(args: argparse.Namespace, settings: Settings) -> int:
     if path.exists():
         raise CliError(f"{path} exists already: a new key would not open the backups made with it")
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(encode_key(new_backup_key()) + "\n")
+    partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(encode_key(new_backup_key()) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(partial, path)  # whole or absent, and never over another key
+    finally:
+        partial.unlink(missing_ok=True)
     emit(
         args,
         {"path": str(path)},
@@ -1189,6 +1196,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _os_message(exc: OSError) -> str:
+    """A file system refusal in one line: the file and the reason (a full disk, a folder
+    that is a file, no permission), never a traceback."""
+    where = exc.filename if exc.filename is not None else ""
+    reason = exc.strerror or str(exc)
+    return f"{where}: {reason}" if where else reason
+
+
 def _hoist_config(argv: list[str]) -> list[str]:
     """Move `--config PATH` from after the command to the front, where argparse reads it,
     so that `telemed serve --config PATH` and `telemed --config PATH serve` both work."""
@@ -1222,10 +1237,11 @@ def main(argv: list[str] | None = None) -> int:
     configure(settings.log.level, settings.log.json)
     try:
         code: int = args.func(args, settings)
-    except (TelemedError, CliError) as exc:
+    except (TelemedError, CliError, OSError) as exc:
+        message = _os_message(exc) if isinstance(exc, OSError) else str(exc)
         if getattr(args, "json", False):
-            out(json.dumps({"error": str(exc)}))
-        sys.stderr.write(f"telemed: error: {exc}\n")
+            out(json.dumps({"error": message}))
+        sys.stderr.write(f"telemed: error: {message}\n")
         return 2
     except KeyboardInterrupt:
         return 130

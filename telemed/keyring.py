@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import fcntl
 import json
 import os
 import secrets
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -239,9 +241,22 @@ class KeyFile(_AesKeys):
         return list(self._keys)
 
     # writing ---------------------------------------------------------------
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[None]:
+        """One process at a time changes the file (a rotation and an import at once would
+        each write back what they read, and one key could be lost)."""
+        folder = self.path.parent
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(folder / f".{self.path.name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
     def create(self, now: datetime) -> str:
         """A new file holding one fresh key; refuse to replace an existing file."""
-        with self._lock:
+        with self._lock, self._changing():
             if self.path.exists():
                 raise KeyringError(f"key file {self.path} already exists")
             key = FileKey(new_key_id(now), AESGCM.generate_key(256), now)
@@ -251,7 +266,7 @@ class KeyFile(_AesKeys):
 
     def add_primary(self, now: datetime) -> str:
         """Add a fresh key and make it the primary; return its id."""
-        with self._lock:
+        with self._lock, self._changing():
             self._load()
             key = FileKey(new_key_id(now), AESGCM.generate_key(256), now)
             self._write([*self._keys, key], key.id)
@@ -271,7 +286,7 @@ class KeyFile(_AesKeys):
             raise KeyringError("a key id is given twice in the keys to import")
         if primary not in ids:
             raise KeyringError(f"key {primary} is not among the keys to import")
-        with self._lock:
+        with self._lock, self._changing():
             created = not self.path.exists()
             if not created:
                 self._load()
@@ -301,7 +316,7 @@ class KeyFile(_AesKeys):
 
     def remove(self, key_id: str) -> None:
         """Drop a key (the caller checked that it wraps nothing); never the primary."""
-        with self._lock:
+        with self._lock, self._changing():
             self._load()
             if key_id not in {k.id for k in self._keys}:
                 raise KeyringError(f"key {key_id} is not in {self.description}")

@@ -333,7 +333,10 @@ def note_from_fields(fields: Mapping[str, bytes]) -> Note:
         if next(texts, None) is not None:
             raise NoteLayoutError("texts are left over")
     except (KeyError, StopIteration, ValueError, UnicodeDecodeError) as exc:
-        raise NoteLayoutError(f"the opened note does not follow its layout: {exc!r}") from None
+        # the exception's own text may quote the opened note: only its kind is said
+        raise NoteLayoutError(
+            f"the opened note does not follow its layout ({type(exc).__name__})"
+        ) from None
     return Note(
         subjective,
         objective,

@@ -252,6 +252,12 @@ class RecordsOffice:
             files = [await self._call(self._open_attachment_name, a, key) for a in attachments]
         except (SealError, KeyringError, NoteLayoutError) as exc:
             raise RecordUnreadable(str(exc), erased=isinstance(exc, Shredded)) from exc
+        except (KeyError, UnicodeDecodeError) as exc:  # a stored kind that does not fit
+            raise RecordUnreadable(
+                f"record {header.id}: a version does not hold what its kind says "
+                f"({type(exc).__name__})",
+                erased=False,
+            ) from None
         if patient_reader and versions:
             shown = set(versions[0].attachment_ids)
             files = [a for a in files if a.id in shown]

@@ -114,7 +114,9 @@ async def my_page(request: web.Request) -> web.Response:
     summaries: list[dict[str, object]] = []
     try:
         charts = await request.app[RECORDS].charts_of_patient(actor(request), user.id)
-    except RecordUnreadable:
+    except RecordUnreadable as exc:
+        if not exc.erased:
+            raise  # a key or the store is wrong: the operator's problem, said as such
         erased, charts = True, []
     store = request.app[STORE]
     for chart in reversed(charts):

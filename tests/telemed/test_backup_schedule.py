@@ -16,6 +16,7 @@ from telemed.app import create_app
 from telemed.archive import BackupKeyError, encode_key, new_backup_key
 from telemed.backup import verify_archive
 from telemed.backup_schedule import LAST_ERROR, LAST_FAILURE, RETRY, BackupSchedule, backup_status
+from telemed.errors import StoreUnavailable
 from telemed.settings import Settings, StoreSettings
 from telemed.store import Store, open_store
 from telemed.web.keys import STORE
@@ -158,3 +159,16 @@ async def test_a_failing_backup_is_shown_to_admins(
     page = await (await client.get("/admin")).text()
     assert 'data-testid="backup-failing"' in page
     assert "No space left on device" in page
+
+
+async def test_a_store_that_cannot_record_the_failure_does_not_stop_the_schedule(
+    store: Store, clock: FakeClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan = schedule(store, clock, tmp_path, tmp_path / "missing.key")
+
+    async def away(key: str, value: str) -> None:
+        raise StoreUnavailable("the store is away")
+
+    monkeypatch.setattr(store, "put_setting", away)
+    assert await plan.run_once() is None  # logged, not raised
+    assert plan.due(await backup_status(store)) == clock() + RETRY

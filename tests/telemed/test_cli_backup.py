@@ -119,3 +119,16 @@ def test_bad_archives_and_keys_are_refused_and_nothing_changes(
 
 def env_key(env: dict[str, str]) -> Path:
     return Path(env["TELEMED_VAR_DIR"]) / "keys" / "backup.key"
+
+
+def test_a_file_system_refusal_is_one_line_naming_the_file(
+    cli: Cli, env: dict[str, str], tmp_path: Path
+) -> None:
+    assert cli("backup", "new-key").code == 0
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    refused = cli("backup", "--out", str(blocker / "x.tmbk"))
+    assert refused.code == 2
+    assert refused.err.startswith("telemed: error: ")
+    assert "Traceback" not in refused.err
+    assert str(blocker) in refused.err

@@ -349,3 +349,13 @@ async def test_a_writer_that_missed_the_erasure_destroys_its_own_key(
     with pytest.raises(RecordUnreadable, match="erased"):
         await kit.office.save_note(kit.actor(kit.doctor), fresh, note_from_json(NOTE))
     assert await store.count_data_keys() == {}
+
+
+def test_a_note_that_does_not_follow_its_layout_is_refused_without_quoting_it() -> None:
+    from telemed.records import NOTE_FIELD, NoteLayoutError, _pack, note_from_fields
+
+    # a note laid out otherwise (a newer server's, say): its text where a count belongs
+    blob = _pack(["a", "b", "c", "d", "Zebracough chief complaint"])
+    with pytest.raises(NoteLayoutError) as refused:
+        note_from_fields({NOTE_FIELD: blob})
+    assert "Zebracough" not in str(refused.value)
