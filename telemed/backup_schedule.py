@@ -7,7 +7,6 @@ failure, whichever process made them.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
 import secrets
@@ -20,6 +19,7 @@ from telemed.archive import load_key_file
 from telemed.backup import Manifest, Progress, write_backup
 from telemed.clock import Clock, iso, parse_iso
 from telemed.errors import TelemedError
+from telemed.private_file import publish
 from telemed.store import Store
 
 log = logging.getLogger(__name__)
@@ -74,25 +74,10 @@ async def backup_to_file(
             manifest = await write_backup(store, out, key, now=now, progress=progress)
             await asyncio.to_thread(out.flush)
             await asyncio.to_thread(os.fsync, out.fileno())
-        await asyncio.to_thread(_publish, partial, path)
+        await asyncio.to_thread(publish, partial, path)
     finally:
         await asyncio.to_thread(partial.unlink, missing_ok=True)
     return manifest
-
-
-def _publish(partial: Path, path: Path) -> None:
-    """Give the finished archive its name, never over an existing file: a hard link where
-    the file system has them, else a rename after a check (FAT and some network shares)."""
-    try:
-        os.link(partial, path)
-    except FileExistsError:
-        raise
-    except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV):
-            raise
-        if path.exists():
-            raise FileExistsError(errno.EEXIST, "exists already", str(path)) from None
-        partial.rename(path)
 
 
 async def record_success(store: Store, now: datetime, path: Path) -> None:

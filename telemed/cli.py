@@ -46,6 +46,7 @@ from telemed.errors import TelemedError
 from telemed.key_custody import KeyCustody, open_key_provider
 from telemed.keyring import EnvKeys, KeyFile, KeyProvider, new_key_id
 from telemed.logs import configure
+from telemed.private_file import write_private
 from telemed.reception import Reception, booking_json, visit_policy
 from telemed.sealing import Sealer
 from telemed.settings import ConfigError, Settings, load_settings
@@ -550,16 +551,10 @@ def cmd_backup_new_key(args: argparse.Namespace, settings: Settings) -> int:
     if path.exists():
         raise CliError(f"{path} exists already: a new key would not open the backups made with it")
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(encode_key(new_backup_key()) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.link(partial, path)  # whole or absent, and never over another key
-    finally:
-        partial.unlink(missing_ok=True)
+    try:  # whole or absent, and never over another key
+        write_private(path, (encode_key(new_backup_key()) + "\n").encode())
+    except FileExistsError:
+        raise CliError(f"{path} exists already") from None
     emit(
         args,
         {"path": str(path)},

@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 import secrets
 import unicodedata
 from collections.abc import Sequence
@@ -37,6 +36,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from telemed.clock import iso, parse_iso
 from telemed.errors import TelemedError
 from telemed.keyring import KEY_BYTES, NONCE_BYTES, FileKey
+from telemed.private_file import write_private
 
 FORMAT = 1
 KIND = "telemed-keys"
@@ -126,32 +126,12 @@ def write_export(path: Path, data: bytes, *, force: bool) -> None:
     folder = path.parent
     if not folder.is_dir():
         raise KeyExportError(f"--out: folder {folder} does not exist")
-    temporary = folder / f".{path.name}.{secrets.token_hex(4)}.tmp"
     try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except OSError as exc:
-        raise KeyExportError(f"--out: cannot write in {folder}: {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if force:
-            temporary.replace(path)
-        else:
-            os.link(temporary, path)  # fails if the file exists, even if it appeared just now
-            temporary.unlink()
+        write_private(path, data, replace=force)
     except FileExistsError:
-        temporary.unlink(missing_ok=True)
         raise KeyExportError(f"--out: {path} already exists (add --force to replace it)") from None
     except OSError as exc:
-        temporary.unlink(missing_ok=True)
         raise KeyExportError(f"--out: cannot write {path}: {exc.strerror or exc}") from None
-    directory = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def read_export(path: Path) -> bytes:

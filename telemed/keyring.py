@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from telemed.clock import iso, parse_iso
 from telemed.errors import TelemedError
+from telemed.private_file import write_private
 
 KEY_BYTES = 32  # AES-256
 NONCE_BYTES = 12
@@ -343,29 +344,12 @@ class KeyFile(_AesKeys):
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         if folder.stat().st_mode & 0o077 and folder.stat().st_uid == os.getuid():
             folder.chmod(0o700)  # a folder made by someone else's umask: the keys' alone
-        temporary = folder / f".{self.path.name}.{secrets.token_hex(4)}.tmp"
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            if exclusive:
-                os.link(temporary, self.path)  # fails if another process created it first
-                temporary.unlink()
-            else:
-                temporary.replace(self.path)
+            write_private(self.path, data, replace=not exclusive)
         except FileExistsError:
-            temporary.unlink(missing_ok=True)
             raise KeyringError(f"key file {self.path} already exists") from None
         except OSError as exc:
-            temporary.unlink(missing_ok=True)
             raise KeyringError(f"key file {self.path}: cannot write it: {exc}") from None
-        directory = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
 
 
 def _parse_key_file(text: str, path: Path) -> tuple[list[FileKey], str]:
