@@ -474,9 +474,14 @@ def cmd_keys_new_env(args: argparse.Namespace, settings: Settings) -> int:
 
 
 # backups ------------------------------------------------------------------------------
-def _backup_key(args: argparse.Namespace, settings: Settings) -> bytes:
+def _backup_key(args: argparse.Namespace, settings: Settings, *, reading: bool = False) -> bytes:
     path = args.key_file or settings.backup_key_file
     if not Path(path).exists():
+        if reading:  # a new key never opens an existing archive
+            raise CliError(
+                f"backup key {path} not found: pass --key-file PATH, the backup key this "
+                "archive was made with (the copy you keep apart from the backups)"
+            )
         raise CliError(
             f"backup key {path} not found: make one with `telemed backup new-key`, or pass "
             "--key-file PATH (the key you keep apart from the backups)"
@@ -532,7 +537,7 @@ def _manifest_lines(m: Manifest) -> str:
 
 
 def cmd_backup_verify(args: argparse.Namespace, settings: Settings) -> int:
-    key = _backup_key(args, settings)
+    key = _backup_key(args, settings, reading=True)
     try:
         with args.path.open("rb") as file:
             manifest = verify_archive(file, key)
@@ -565,7 +570,7 @@ def cmd_backup_new_key(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
-    key = _backup_key(args, settings)
+    key = _backup_key(args, settings, reading=True)
     if not args.path.is_file():
         raise CliError(f"{args.path}: no such file")
     with args.path.open("rb") as probe:
@@ -603,7 +608,8 @@ async def _restore_sqlite(
         if occupied and not args.replace:
             raise CliError(
                 f"the store {target} is not empty: restore into an empty one, or pass --replace "
-                "(the current file is kept beside it as .replaced-<time>)"
+                "(the current file is kept beside it as .replaced-<time>). On a new machine, "
+                "restore first: `telemed keys import` and a server start write to the store"
             )
     fresh = target.with_name(f"{target.name}.restoring-{secrets.token_hex(4)}")
     store = await open_store(

@@ -69,8 +69,9 @@ async def open_key_provider(settings: Settings, store: Store, clock: Clock) -> K
             if in_use:
                 raise KeyringError(
                     f"key file {key_file.path} not found, and the store holds records sealed "
-                    f"under key {', '.join(in_use)}: restore the key file from where you keep "
-                    "it (see README, Keys). A new key would open none of them."
+                    f"under key {', '.join(in_use)}: bring the keys back with `telemed keys "
+                    "import EXPORT` (or restore the key file from where you keep it; see "
+                    "README, Keys). A new key would open none of them."
                 )
             kid = await asyncio.to_thread(key_file.create, clock())
             log.info("records: created key file with key %s", kid)

@@ -239,6 +239,14 @@ async def csrf(request: web.Request, handler: Handler) -> web.StreamResponse:
         supplied = value if isinstance(value, str) else None
     if not expected or not supplied or not hmac.compare_digest(expected, supplied):
         log.info("csrf refused route=%s", route_name(request))
+        if request.path.startswith("/api/"):
+            return error_response(
+                request,
+                403,
+                "a signed-in request that changes something needs the session's CSRF token "
+                "in the X-CSRF-Token header (the pages carry it as data-csrf); a script "
+                "uses a bearer token instead (telemed token create)",
+            )
         return error_response(
             request,
             403,

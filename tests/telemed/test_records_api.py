@@ -532,3 +532,15 @@ async def test_erasure_leaves_the_records_unreadable_for_everyone(
         if r.event.action == "patient.erase" and r.event.outcome is Outcome.SUCCESS
     ]
     assert [e.actor_id for e in erasures] == [people.admin.id]
+
+
+async def test_a_session_post_without_its_csrf_header_is_told_what_to_send(
+    client: Client, people: People
+) -> None:
+    visit_id = await book(client, people.patient_1, people.doctor_a)
+    await sign_in(client, people.doctor_a)
+    refused = await client.post(f"/api/visits/{visit_id}/record", json=NOTE)
+    assert refused.status == 403
+    error = (await refused.json())["error"]
+    assert "X-CSRF-Token" in error
+    assert "bearer token" in error
