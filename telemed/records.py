@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -31,6 +31,9 @@ MAX_CHAT_TEXT = 1_000
 SOAP = ("subjective", "objective", "assessment", "plan")
 PRESCRIPTION_PARTS = ("medication", "dose", "route", "frequency", "duration", "instructions")
 PRESCRIPTION_REQUIRED = ("medication", "dose", "route", "frequency")
+# what a client may send when it saves a note: the note, the version it began from, and
+# the attachments it keeps
+NOTE_JSON_FIELDS = (*SOAP, "diagnoses", "prescriptions", "chat", "base_version", "attachments")
 # ICD-10 (WHO) and ICD-10-CM: a letter, two characters, and up to four after the dot
 ICD10 = re.compile(r"^[A-Z][0-9][0-9A-Z](\.[0-9A-Z]{1,4})?$")
 
@@ -226,9 +229,8 @@ def note_from_json(body: Any) -> Note:
     """A note from the JSON a client sent; `ValidationError` names the field at fault."""
     if not isinstance(body, Mapping):
         raise ValidationError("note", "must be a JSON object")
-    known = {*SOAP, "diagnoses", "prescriptions", "chat", "attachments", "base_version"}
     for key in body:
-        if key not in known:
+        if key not in NOTE_JSON_FIELDS:
             raise ValidationError(str(key), "is not a field of a note")
     soap = {k: _text(body, k, "", MAX_TEXT, required=False) for k in SOAP}
     diagnoses = []
@@ -348,9 +350,6 @@ def note_from_fields(fields: Mapping[str, bytes]) -> Note:
     )
 
 
-NOTE_FIELDS = (NOTE_FIELD,)
-
-
 # output -------------------------------------------------------------------------
 def note_json(note: Note) -> dict[str, Any]:
     return {
@@ -437,7 +436,3 @@ def break_glass_json(grant: BreakGlass, now: datetime) -> dict[str, Any]:
         "expires_at": iso(grant.expires_at),
         "active": grant.active(now),
     }
-
-
-def sealed_names(kind: VersionKind) -> Sequence[str]:
-    return NOTE_FIELDS if kind is VersionKind.NOTE else (ADDENDUM_FIELD,)

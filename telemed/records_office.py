@@ -218,11 +218,15 @@ class RecordsOffice:
         await self._audit(actor, "record.list", patient_id, entity, detail)
         return charts
 
-    async def _open(self, header: RecordHeader, *, patient_reader: bool) -> Chart:
+    async def _open(
+        self, header: RecordHeader, *, patient_reader: bool, latest_only: bool = False
+    ) -> Chart:
         numbers = range(1, len(header.versions) + 1)
         wanted = list(zip(numbers, header.versions, strict=True))
         if patient_reader:  # the signed note and what came after it (addenda)
             wanted = [(n, vid) for n, vid in wanted if n >= header.signed_version]
+        if latest_only:
+            wanted = wanted[-1:]
         stored = {v.id: v for v in await self.store.record_versions([vid for _, vid in wanted])}
         attachments = await self.store.list_attachments(header.id)
         key_ids = {v.key_id for v in stored.values()} | {a.key_id for a in attachments}
@@ -307,11 +311,9 @@ class RecordsOffice:
         reader, grant = await self._access(
             actor, stored.patient_id, "attachment.read", entity, write=False
         )
-        if reader is Reader.PATIENT:
-            # a patient sees the attachments of their signed records only
-            chart = await self.chart(actor, stored.record_id)
-            if attachment_id not in {a.id for a in chart.attachments}:
-                raise NotFound(f"attachment {attachment_id} does not exist")
+        if reader is Reader.PATIENT and not await self._signed_with(stored):
+            # a patient sees the attachments of their signed notes only
+            raise NotFound(f"attachment {attachment_id} does not exist")
         keys = await self.store.get_data_keys([stored.key_id])
         try:
             wrapped = keys.get(stored.key_id)
@@ -599,10 +601,20 @@ class RecordsOffice:
             raise StoreUnavailable(f"record {record_id} vanished after it was created")
         return header
 
+    async def _signed_with(self, attachment: SealedAttachment) -> bool:
+        """Whether the record's signed note lists the attachment (its ids are not sealed:
+        no need to open anything to know)."""
+        header = await self.store.get_record(attachment.record_id)
+        if header is None or not header.signed:
+            return False
+        signed = await self.store.record_versions([header.versions[header.signed_version - 1]])
+        return bool(signed) and attachment.id in signed[0].attachment_ids
+
     async def _current(self, header: RecordHeader) -> Version | None:
+        """The latest version, opened alone (before signing, every version is a note)."""
         if not header.versions:
             return None
-        chart = await self._open(header, patient_reader=False)
+        chart = await self._open(header, patient_reader=False, latest_only=True)
         return chart.latest_note
 
     async def _current_attachments(self, header: RecordHeader) -> tuple[str, ...]:

@@ -220,10 +220,3 @@ class Digest:
     @property
     def hex(self) -> str:
         return f"{self._sum:064x}"
-
-
-def digest_of(documents: list[bytes]) -> Digest:
-    d = Digest()
-    for doc in documents:
-        d.add(doc)
-    return d

@@ -22,7 +22,13 @@ from aiohttp import BodyPartReader, hdrs, web
 
 from telemed.accounts import Role
 from telemed.errors import ValidationError
-from telemed.records import attachment_json, break_glass_json, chart_json, note_from_json
+from telemed.records import (
+    NOTE_JSON_FIELDS,
+    attachment_json,
+    break_glass_json,
+    chart_json,
+    note_from_json,
+)
 from telemed.summary import VisitSummary, long_date, medicine_lines, render_pdf, visit_summary
 from telemed.web.auth import render, require
 from telemed.web.keys import CLOCK, RECORDS, STORE
@@ -34,17 +40,6 @@ routes = web.RouteTableDef()
 NO_STORE = {"Cache-Control": "no-store"}
 JSON_MAX_BYTES = 1024 * 1024  # a note, with its chat transcript, fits well within this
 UPLOAD_CHUNK = 64 * 1024
-NOTE_FIELDS = (
-    "subjective",
-    "objective",
-    "assessment",
-    "plan",
-    "diagnoses",
-    "prescriptions",
-    "chat",
-    "base_version",
-    "attachments",
-)
 
 
 # reading the request -------------------------------------------------------------------
@@ -167,7 +162,7 @@ async def save_note(request: web.Request) -> web.Response:
     from (a newer one saved meanwhile answers 409). `attachments`: the ids to keep (by
     default, those of the version before)."""
     await require(request)
-    body = await json_body(request, NOTE_FIELDS)
+    body = await json_body(request, NOTE_JSON_FIELDS)
     base_version = _version(body, "base_version")
     attachments = _ids(body, "attachments")
     note = note_from_json(body)

@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 
 from telemed.audit import Outcome
-from telemed.errors import Conflict, Forbidden, ValidationError
+from telemed.errors import Conflict, Forbidden, NotFound, ValidationError
 from telemed.key_custody import KeyCustody
 from telemed.keyring import KeyFile, KeyringError
 from telemed.records import VersionKind, note_from_json
@@ -108,8 +108,12 @@ async def test_attachments_are_checked_and_sealed_apart(kit: Kit) -> None:
     assert body == ATTACHMENT
     assert meta.content_type == "application/pdf"
     # the patient cannot fetch it before the record is signed
-    with pytest.raises(Exception, match="no signed record"):
+    with pytest.raises(NotFound, match="does not exist"):
         await kit.office.attachment(kit.actor(kit.patient), made.id)
+    # once signed, it is theirs to read
+    await kit.office.sign(doctor, visit_id, 2)
+    _, theirs = await kit.office.attachment(kit.actor(kit.patient), made.id)
+    assert theirs == ATTACHMENT
 
 
 async def test_every_read_write_and_refusal_is_audited(kit: Kit) -> None:
@@ -359,3 +363,29 @@ def test_a_note_that_does_not_follow_its_layout_is_refused_without_quoting_it() 
     with pytest.raises(NoteLayoutError) as refused:
         note_from_fields({NOTE_FIELD: blob})
     assert "Zebracough" not in str(refused.value)
+
+
+async def test_a_key_wrapped_while_a_rotation_switched_keys_is_rewrapped_at_once(
+    kit: Kit, store: Store
+) -> None:
+    """A rotation (another process) makes a new key primary between this server's wrap
+    and its store: the server re-wraps its own key, so the old key still wraps nothing
+    once the rotation has passed it by."""
+    old = kit.keys.primary_id()
+    rotation = KeyFile(kit.keys.path)
+    rotation.load()
+    real_add = store.add_data_key
+    switched: list[str] = []
+
+    async def add_while_rotating(key: WrappedKey) -> None:
+        await real_add(key)  # wrapped under the old primary
+        if not switched:
+            switched.append(rotation.add_primary(kit.clock()))
+
+    store.add_data_key = add_while_rotating  # type: ignore[method-assign]
+    visit_id = await kit.visit()
+    await kit.office.save_note(kit.actor(kit.doctor), visit_id, note_from_json(NOTE))
+    assert switched
+    assert await store.count_data_keys() == {switched[0]: 1}
+    assert old not in await store.count_data_keys()
+    await _all_open(kit, [visit_id])
