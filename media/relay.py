@@ -261,12 +261,11 @@ class RelayRoom:
         *,
         ice_servers: Iterable[dict[str, Any]] = (),
         on_layout: Callable[[str, list[dict[str, Any]]], None] | None = None,
-        on_feed: Callable[[Feed], None] | None = None,
     ) -> None:
         self.name = name
         self._configuration = ice_configuration(ice_servers)
         self._on_layout = on_layout
-        self._on_feed = on_feed
+        self.feed_watchers: list[Callable[[Feed], None]] = []  # told of each new feed
         self.peers: dict[str, RelayPeer] = {}
         self._layouts: dict[str, list[dict[str, Any]]] = {}
 
@@ -305,8 +304,8 @@ class RelayRoom:
 
         self.peers[participant] = peer
         for feed in peer.feeds.values():
-            if self._on_feed is not None:
-                self._on_feed(feed)
+            for watcher in tuple(self.feed_watchers):
+                watcher(feed)
         self._arrange()
         return str(pc.localDescription.sdp)
 

@@ -1,0 +1,74 @@
+"""Recording a relayed call: files per participant that decode, nothing after stop."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import av
+
+from media.relay import RelayRoom
+from media.taping import CallRecording
+from tests.devices.test_reliability import until
+from tests.media.peers import ClientPeer, Clip
+from tests.media.test_relay import WITHIN, join
+
+
+def decoded(path: Path) -> dict[str, int]:
+    counts = {"video": 0, "audio": 0, "width": 0}
+    with av.open(str(path)) as container:
+        for frame in container.decode(*container.streams):
+            if isinstance(frame, av.VideoFrame):
+                counts["video"] += 1
+                counts["width"] = frame.width
+            else:
+                counts["audio"] += 1
+    return counts
+
+
+async def test_each_participant_is_recorded_as_it_was_forwarded(clip: Clip, tmp_path: Path) -> None:
+    room = RelayRoom("visit-r1")
+    doctor, patient = ClientPeer(clip), ClientPeer(clip)
+    late = ClientPeer(clip)
+    recording = CallRecording(room, tmp_path / "rec")
+    try:
+        await join(room, "clinician", doctor)
+        await join(room, "patient", patient)
+        recording.start()
+        assert stat.S_IMODE((tmp_path / "rec").stat().st_mode) == 0o700
+        start = room.feed("patient", "video").frames
+        await join(room, "interpreter", late)  # joins while it runs: recorded too
+        assert await until(lambda: room.feed("patient", "video").frames > start + 60, WITHIN)
+        assert await until(
+            lambda: getattr(room.feed("interpreter", "video"), "frames", 0) > 60, WITHIN
+        )
+        files = await recording.stop()
+        assert set(files) == {"clinician", "patient", "interpreter"}
+        sizes = {name: path.stat().st_size for name, path in files.items()}
+        for path in files.values():
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600
+            counts = decoded(path)
+            assert counts["video"] > 0
+            assert counts["audio"] > 0
+            assert counts["width"] == clip.width
+        # After stop, nothing more is written, though the call goes on.
+        frames = room.feed("patient", "video").frames
+        assert await until(lambda: room.feed("patient", "video").frames > frames + 10, WITHIN)
+        assert {name: path.stat().st_size for name, path in files.items()} == sizes
+        assert all(not feed.listeners for p in room.peers.values() for feed in p.feeds.values())
+        assert await recording.stop() == files  # stopping twice changes nothing
+    finally:
+        await room.close()
+        for client in (doctor, patient, late):
+            await client.close()
+
+
+async def test_a_recording_stopped_before_any_picture_leaves_no_file(
+    clip: Clip, tmp_path: Path
+) -> None:
+    room = RelayRoom("visit-r2")
+    recording = CallRecording(room, tmp_path / "rec")
+    recording.start()
+    assert await recording.stop() == {}
+    assert list((tmp_path / "rec").iterdir()) == []
+    await room.close()
