@@ -29,6 +29,7 @@ from telemed.app import create_app
 from telemed.clinic import OPERATOR, Clinic
 from telemed.clock import truncate
 from telemed.settings import Settings, load_settings
+from tests.media.peers import Clip, encode_clip
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse battery"
@@ -192,3 +193,9 @@ async def page_csrf(client: TestClient, path: str = "/dashboard") -> str:  # typ
     response = await client.get(path)
     assert response.status == 200, await response.text()
     return csrf_from(await response.text())
+
+
+@pytest.fixture(scope="session")
+def clip() -> Clip:
+    """VP8 and Opus frames, encoded once, that relay tests' client peers replay."""
+    return encode_clip()
