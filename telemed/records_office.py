@@ -72,6 +72,8 @@ SIGNATURES: dict[str, tuple[bytes, ...]] = {
     "image/jpeg": (b"\xff\xd8\xff",),
 }
 assert set(SIGNATURES) == set(ATTACHMENT_TYPES)
+RECORDING_TYPE = "video/webm"
+WEBM_SIGNATURE = b"\x1a\x45\xdf\xa3"  # the EBML header that opens a Matroska/WebM file
 
 
 class Reader(StrEnum):
@@ -94,6 +96,7 @@ class RecordPolicy:
     attachment_max_bytes: int
     attachment_types: frozenset[str]
     break_glass: timedelta
+    recording_max_bytes: int = 1024 * 1024 * 1024  # a call recording (WebM), per participant
 
 
 def record_policy(settings: RecordSettings) -> RecordPolicy:
@@ -448,11 +451,6 @@ class RecordsOffice:
     ) -> Attachment:
         """Seal a file under its own data key and add it to the record's next note
         version (the note itself is saved as a new version listing it)."""
-        patient_id, clinician_id = await self._visit_patient(record_id)
-        entity = f"Composition/{record_id}"
-        await self._access(actor, patient_id, "attachment.write", entity, write=True)
-        await self._refuse_if_erased(patient_id)
-        name = name.strip().replace("/", "_").replace("\\", "_")[:MAX_FILE_NAME] or "attachment"
         if content_type not in self.policy.attachment_types:
             allowed = ", ".join(sorted(self.policy.attachment_types))
             raise ValidationError("content_type", f"{content_type!r} is not one of {allowed}")
@@ -462,6 +460,29 @@ class RecordsOffice:
             )
         if not body.startswith(SIGNATURES[content_type]):
             raise ValidationError("file", f"its content is not {content_type}")
+        return await self._attach(actor, record_id, name, content_type, body)
+
+    async def attach_recording(
+        self, actor: Actor, record_id: str, name: str, body: bytes
+    ) -> Attachment:
+        """A call recording (WebM, made by the relay with the consent stored on the
+        visit): sealed and attached like any file, under its own size limit."""
+        if not body.startswith(WEBM_SIGNATURE):
+            raise ValidationError("file", f"its content is not {RECORDING_TYPE}")
+        if len(body) > self.policy.recording_max_bytes:
+            limit = self.policy.recording_max_bytes
+            size = f"{limit // 2**20} MiB" if limit >= 2**20 else f"{limit // 1024} KiB"
+            raise ValidationError("file", f"is larger than {size}")
+        return await self._attach(actor, record_id, name, RECORDING_TYPE, body)
+
+    async def _attach(
+        self, actor: Actor, record_id: str, name: str, content_type: str, body: bytes
+    ) -> Attachment:
+        patient_id, clinician_id = await self._visit_patient(record_id)
+        entity = f"Composition/{record_id}"
+        await self._access(actor, patient_id, "attachment.write", entity, write=True)
+        await self._refuse_if_erased(patient_id)
+        name = name.strip().replace("/", "_").replace("\\", "_")[:MAX_FILE_NAME] or "attachment"
         header = await self._header(record_id, patient_id, clinician_id)
         if header.signed:
             raise ValidationError("record", "is signed: attachments go on before signing")

@@ -389,3 +389,24 @@ async def test_a_key_wrapped_while_a_rotation_switched_keys_is_rewrapped_at_once
     assert await store.count_data_keys() == {switched[0]: 1}
     assert old not in await store.count_data_keys()
     await _all_open(kit, [visit_id])
+
+
+async def test_a_call_recording_is_sealed_and_attached_under_its_own_limit(kit: Kit) -> None:
+    doctor = kit.actor(kit.doctor)
+    visit_id = await kit.visit()
+    webm = b"\x1a\x45\xdf\xa3" + b"a recorded call, cluster after cluster" * 4000  # > 64 KiB
+    with pytest.raises(ValidationError, match="not video/webm"):
+        await kit.office.attach_recording(doctor, visit_id, "patient.webm", PNG)
+    with pytest.raises(Forbidden):
+        await kit.office.attach_recording(kit.actor(kit.patient), visit_id, "p.webm", webm)
+    made = await kit.office.attach_recording(doctor, visit_id, "recording-patient.webm", webm)
+    assert made.content_type == "video/webm"
+    meta, body = await kit.office.attachment(doctor, made.id)
+    assert body == webm
+    stored = await kit.store.get_attachment(made.id)
+    assert stored is not None
+    assert b"recorded call" not in stored.body
+    small = dataclasses.replace(kit.office.policy, recording_max_bytes=1024)
+    kit.office.policy = small
+    with pytest.raises(ValidationError, match="larger than 1 KiB"):
+        await kit.office.attach_recording(doctor, visit_id, "p.webm", webm)
