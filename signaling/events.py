@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 VISIT_ID_MAX = 64
+GUEST_ID_MAX = 64
+PARTICIPANT_MAX = 64  # "patient", "clinician" or a guest's id
 SDP_MAX = 64 * 1024
 CANDIDATE_MAX = 1024
 MID_MAX = 64
@@ -43,6 +45,7 @@ class PreCheckReport:
 class Signal:
     visit_id: str | None
     body: dict[str, Any]  # {"description": {...}} or {"candidate": {...} | None}, rebuilt
+    to: str | None = None  # one participant of the call; None: the other side (two-party)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +145,15 @@ def parse_visit_ref(data: Mapping[str, Any]) -> str:
     return found
 
 
+def parse_guest_ref(data: Mapping[str, Any]) -> tuple[str, str]:
+    """`{"visit_id", "guest_id"}`: a clinician's admit_guest, send_back_guest and
+    remove_guest."""
+    _fields(data, {"visit_id", "guest_id"})
+    found = visit_id(data, required=True)
+    assert found is not None
+    return found, _text(data, "guest_id", GUEST_ID_MAX)
+
+
 def parse_join_call(data: Mapping[str, Any]) -> str | None:
     """`{}` (a patient may name their own visit)."""
     _fields(data, set(), frozenset({"visit_id"}))
@@ -171,12 +183,13 @@ def parse_signal(data: Mapping[str, Any], *, visit_required: bool) -> Signal:
     kinds = [k for k in ("description", "candidate") if k in data]
     if len(kinds) != 1:
         raise EventRefused("a signal carries either a description or a candidate")
-    _fields(data, required | {kinds[0]}, optional)
+    _fields(data, required | {kinds[0]}, optional | {"to"})
     found = visit_id(data, required=visit_required)
+    to = _text(data, "to", PARTICIPANT_MAX) if "to" in data else None
     try:
         if kinds[0] == "description":
-            return Signal(found, {"description": _description(data["description"])})
-        return Signal(found, {"candidate": _candidate(data["candidate"])})
+            return Signal(found, {"description": _description(data["description"])}, to)
+        return Signal(found, {"candidate": _candidate(data["candidate"])}, to)
     except EventRefused as exc:  # name the field inside: "candidate.sdpMid: ..."
         inside = str(exc)
         joint = ": " if inside.startswith("expected") else "."

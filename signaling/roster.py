@@ -7,9 +7,10 @@ last one goes, and to disconnect them all when the visit ends) and "who is in th
 now" (the `peer` of a `call` answer). A `Roster` answers them: in this process's memory
 with one server process, in Redis with several.
 
-A call has one seat per role ("patient", "clinician"): a newer socket of the same role
-takes the seat (a reloaded page), and leaving frees the seat only for the socket that
-holds it.
+A call has one seat per participant ("patient", "clinician", and "guest:{guest_id}" for
+each guest admitted): a newer socket of the same participant takes the seat (a reloaded
+page), and leaving frees the seat only for the socket that holds it. A guest's sockets
+are counted like a patient's, under the key "{visit_id}/guest/{guest_id}".
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ class Roster(Protocol):
 
     async def leave_seat(self, visit_id: str, role: str, sid: str) -> bool:
         """Free the seat if `sid` holds it; answers whether it did."""
+
+    async def seats(self, visit_id: str) -> dict[str, str]:
+        """Who sits in the call now: seat -> sid."""
 
     async def clear_call(self, visit_id: str) -> None:
         """The call is over: every seat is free."""
@@ -84,6 +88,9 @@ class LocalRoster:
         if not seats:
             self._seats.pop(visit_id, None)
         return True
+
+    async def seats(self, visit_id: str) -> dict[str, str]:
+        return dict(self._seats.get(visit_id, {}))
 
     async def clear_call(self, visit_id: str) -> None:
         self._seats.pop(visit_id, None)
@@ -147,6 +154,9 @@ class RedisRoster:
 
     async def leave_seat(self, visit_id: str, role: str, sid: str) -> bool:
         return bool(await self._leave_seat(keys=[self._seats(visit_id)], args=[role, sid]))
+
+    async def seats(self, visit_id: str) -> dict[str, str]:
+        return dict(await self._redis.hgetall(self._seats(visit_id)))
 
     async def clear_call(self, visit_id: str) -> None:
         await self._redis.delete(self._seats(visit_id))

@@ -2,11 +2,14 @@
 offer/answer/ICE exchange of a video visit, as docs/visit-protocol.md specifies.
 
 - A patient connects with the `telemed_visit` cookie (`{visit_id}.{pass}`) of an open
-  visit; a clinician with a signed-in clinician session. Anything else is refused.
-- Rooms: `visit:{id}` (the patient's sockets), `clinician:{user_id}` (every dashboard of
-  that clinician), `call:{id}` (who is in the call now). Every move of a visit goes
-  through `Reception` (audited, compare-and-set), then the patient gets `visit` and the
-  visit's clinician gets `queue`.
+  visit; a guest with the `telemed_guest` cookie (`{visit_id}.{guest_id}.{pass}`); a
+  clinician with a signed-in clinician session. Anything else is refused.
+- Rooms: `visit:{id}` (the patient's sockets), `guest:{id}:{guest_id}` (a guest's),
+  `clinician:{user_id}` (every dashboard of that clinician), `call:{id}` (who is in the
+  call now: the patient, the clinician, the guests admitted) and `pair:{id}` (the patient
+  and the clinician of that call: their two-party WebRTC signals go there only). Every
+  move of a visit goes through `Reception` (audited, compare-and-set), then the patient
+  and the guests get `visit` and the visit's clinician gets `queue`.
 - Every event is checked strictly (`signaling.events`) and answered through its ack:
   `{"ok": true, ...}` or `{"ok": false, "error": "..."}`. A refused event changes nothing.
 - Per connection: a token bucket (`signaling.events_per_second`, `event_burst`); a
@@ -34,6 +37,7 @@ from signaling.bucket import Limiter
 from signaling.events import (
     EventRefused,
     parse_chat,
+    parse_guest_ref,
     parse_join_call,
     parse_media,
     parse_precheck,
@@ -54,12 +58,16 @@ from telemed.settings import Settings
 from telemed.store import Store
 from telemed.turn import ice_servers
 from telemed.visits import (
+    GUEST_COOKIE,
     VISIT_COOKIE,
+    Guest,
+    GuestState,
     PreCheck,
     QualitySample,
     Recommendation,
     Visit,
     VisitState,
+    parse_guest_cookie,
     parse_visit_cookie,
 )
 from telemed.visits import places as places_of
@@ -71,11 +79,30 @@ log = logging.getLogger(__name__)
 NAMESPACE = "/visit"
 PATIENT = "patient"
 CLINICIAN = "clinician"
+GUEST = "guest"
 QUALITY_EVERY_SECONDS = 10.0  # at most one stored quality sample per side
 
 
 def visit_room(visit_id: str) -> str:
     return f"visit:{visit_id}"
+
+
+def guest_room(visit_id: str, guest_id: str) -> str:
+    return f"guest:{visit_id}:{guest_id}"
+
+
+def pair_room(visit_id: str) -> str:
+    return f"pair:{visit_id}"
+
+
+def guest_seat(guest_id: str) -> str:
+    """A guest's seat in the call (the `Roster`'s key)."""
+    return f"guest:{guest_id}"
+
+
+def guest_sockets(visit_id: str, guest_id: str) -> str:
+    """The `Roster`'s key for a guest's connected sockets."""
+    return f"{visit_id}/guest/{guest_id}"
 
 
 def clinician_room(user_id: str) -> str:
@@ -91,18 +118,40 @@ class Peer:
     """One connection to the namespace, and what it is allowed to do."""
 
     sid: str
-    role: str  # PATIENT or CLINICIAN
-    user_id: str  # the clinician, or the visit's patient
+    role: str  # PATIENT, CLINICIAN or GUEST
+    user_id: str  # the clinician, the visit's patient, or the guest's id
     source: str  # client address, for the audit log
     limiter: Limiter
-    visit_id: str = ""  # a patient's visit
-    held_pass: str = ""  # a patient's pass (checked again before each move)
-    clinician_id: str = ""  # a patient's visit's clinician (whose queue shows them)
+    visit_id: str = ""  # a patient's or a guest's visit
+    held_pass: str = ""  # a patient's or a guest's pass (checked again before each move)
+    clinician_id: str = ""  # that visit's clinician (whose queue shows them)
+    name: str = ""  # shown to the others in a call
+    guest_id: str = ""
+    guest_role: str = ""  # a guest's: interpreter, family, colleague
     seats: set[str] = field(default_factory=set)  # visits whose call this socket sat in
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
+    @property
+    def participant(self) -> str:
+        """Who this is in a call: "patient", "clinician", or the guest's id."""
+        return self.guest_id or self.role
+
+    @property
+    def seat(self) -> str:
+        return guest_seat(self.guest_id) if self.guest_id else self.role
+
+    def described(self) -> dict[str, str]:
+        """Who this is, as the others in the call are told."""
+        found = {"role": self.role, "participant": self.participant, "name": self.name}
+        if self.guest_id:
+            found["guest_role"] = self.guest_role
+        return found
+
 
 Handler = Callable[[Peer, Mapping[str, Any]], Awaitable[dict[str, Any]]]
+PATIENTS = frozenset({PATIENT})
+ARRIVING = frozenset({PATIENT, GUEST})  # through a link: the patient and the guests
+CLINICIANS = frozenset({CLINICIAN})
 
 
 def refusal(error: str) -> dict[str, Any]:
@@ -123,14 +172,17 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
         self._peers: dict[str, Peer] = {}
         self._queue_locks: dict[str, asyncio.Lock] = {}
         self._quality_kept: dict[tuple[str, str], float] = {}
-        self._handlers: dict[str, tuple[str | None, Handler]] = {
-            "precheck": (PATIENT, self._precheck),
-            "arrive": (PATIENT, self._arrive),
-            "join_call": (PATIENT, self._join_call),
-            "open": (CLINICIAN, self._open),
-            "admit": (CLINICIAN, self._admit),
-            "send_back": (CLINICIAN, self._send_back),
-            "end": (CLINICIAN, self._end),
+        self._handlers: dict[str, tuple[frozenset[str] | None, Handler]] = {
+            "precheck": (PATIENTS, self._precheck),
+            "arrive": (ARRIVING, self._arrive),
+            "join_call": (ARRIVING, self._join_call),
+            "open": (CLINICIANS, self._open),
+            "admit": (CLINICIANS, self._admit),
+            "send_back": (CLINICIANS, self._send_back),
+            "end": (CLINICIANS, self._end),
+            "admit_guest": (CLINICIANS, self._admit_guest),
+            "send_back_guest": (CLINICIANS, self._send_back_guest),
+            "remove_guest": (CLINICIANS, self._remove_guest),
             "signal": (None, self._signal),
             "chat": (None, self._chat),
             "media": (None, self._media),
@@ -181,8 +233,8 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
         entry = self._handlers.get(event) if isinstance(event, str) else None
         if entry is None:
             return refusal("unknown event")
-        role, handler = entry
-        if role is not None and role != peer.role:
+        roles, handler = entry
+        if roles is not None and peer.role not in roles:
             return refusal(f"{event}: not for a {peer.role}")
         try:
             return await handler(peer, payload(data))
@@ -220,13 +272,19 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
         # patient's link it once opened (at the desk, to help), and stays the clinician
         _, user = await session_user(self.app, cookies.get(sessions.COOKIE))
         visit_cookie = cookies.get(VISIT_COOKIE)
+        guest_cookie = cookies.get(GUEST_COOKIE)
+        # a page that only checks the camera connects with {"arrive": false}: the patient
+        # (or guest) is not in the queue until they press Join (the `arrive` event); a
+        # guest's page says {"guest": true} (a family member's browser may also hold the
+        # patient's pass, on the patient's own device)
+        arriving = not (isinstance(auth, dict) and auth.get("arrive") is False)
+        as_guest = isinstance(auth, dict) and auth.get("guest") is True
         if user is not None and user.role.is_clinician:
-            peer = Peer(sid, CLINICIAN, user.id, source, limiter)
+            peer = Peer(sid, CLINICIAN, user.id, source, limiter, name=user.name)
             await self.enter_room(sid, clinician_room(user.id))
+        elif guest_cookie is not None and (as_guest or visit_cookie is None):
+            peer = await self._connect_guest(sid, guest_cookie, source, limiter, arriving)
         elif visit_cookie is not None:
-            # a page that only checks the camera connects with {"arrive": false}: the
-            # patient is not in the queue until they press Join (the `arrive` event)
-            arriving = not (isinstance(auth, dict) and auth.get("arrive") is False)
             peer = await self._connect_patient(sid, visit_cookie, source, limiter, arriving)
         else:
             raise socketio.exceptions.ConnectionRefusedError(
@@ -252,6 +310,7 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
             raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
         if arriving:
             visit = await self.reception.arrive(visit, source)
+        patient = await self.store.get_patient(visit.patient_id)
         peer = Peer(
             sid,
             PATIENT,
@@ -261,6 +320,7 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
             visit_id=visit.id,
             held_pass=held_pass,
             clinician_id=visit.clinician_id,
+            name=patient.name if patient is not None else "",
         )
         await self.enter_room(sid, visit_room(visit.id))
         await self.roster.join_visit(visit.id, sid)
@@ -272,10 +332,48 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
             raise
         return peer
 
+    async def _connect_guest(
+        self, sid: str, value: str, source: str, limiter: Limiter, arriving: bool
+    ) -> Peer:
+        parsed = parse_guest_cookie(value)
+        if parsed is None:
+            raise socketio.exceptions.ConnectionRefusedError(
+                "This visit link is no longer valid on this device."
+            )
+        try:
+            visit, guest = await self.reception.guest_for_pass(*parsed)
+        except LinkRefused as exc:
+            raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
+        if arriving:
+            visit, guest = await self.reception.guest_arrive(visit, guest, source)
+        peer = Peer(
+            sid,
+            GUEST,
+            guest.id,
+            source,
+            limiter,
+            visit_id=visit.id,
+            held_pass=parsed[2],
+            clinician_id=visit.clinician_id,
+            name=guest.name,
+            guest_id=guest.id,
+            guest_role=guest.role.value,
+        )
+        key = guest_sockets(visit.id, guest.id)
+        await self.enter_room(sid, guest_room(visit.id, guest.id))
+        await self.roster.join_visit(key, sid)
+        try:
+            if not guest.online:
+                await self.reception.set_guest_online(visit.id, guest.id, True)
+        except BaseException:  # refused after all: the roster must not count this socket
+            await self.roster.leave_visit(key, sid)
+            raise
+        return peer
+
     async def _welcome(self, peer: Peer) -> None:
         try:
             async with peer.lock:
-                if peer.role == PATIENT:
+                if peer.role in ARRIVING:
                     await self._publish(peer.clinician_id, changed=peer.visit_id)
                 else:
                     await self._send_queue(peer.user_id, to=peer.sid)
@@ -295,16 +393,21 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
                     if left == 0:
                         await self.reception.set_patient_online(peer.visit_id, False)
                         await self._publish(peer.clinician_id, changed=peer.visit_id)
+                elif peer.role == GUEST:
+                    key = guest_sockets(peer.visit_id, peer.guest_id)
+                    if await self.roster.leave_visit(key, sid) == 0:
+                        await self.reception.set_guest_online(peer.visit_id, peer.guest_id, False)
+                        await self._publish(peer.clinician_id, changed=peer.visit_id)
         except Exception:
             log.exception("visit: disconnect of sid=%s not fully handled", sid)
         log.info("visit: %s disconnected sid=%s", peer.role, sid)
 
     async def _leave_seat(self, peer: Peer, visit_id: str) -> None:
         peer.seats.discard(visit_id)
-        if await self.roster.leave_seat(visit_id, peer.role, peer.sid):
+        if await self.roster.leave_seat(visit_id, peer.seat, peer.sid):
             await self.emit(
                 "peer",
-                {"visit_id": visit_id, "present": False, "role": peer.role, "sid": peer.sid},
+                {"visit_id": visit_id, "present": False, **peer.described(), "sid": peer.sid},
                 room=call_room(visit_id),
                 skip_sid=peer.sid,
             )
@@ -331,15 +434,34 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
         await self._publish(peer.clinician_id, changed=visit.id)
         return {"ok": True}
 
+    async def _guest_visit(self, peer: Peer, named: str | None) -> tuple[Visit, Guest]:
+        """The guest's visit and the guest, their pass checked again."""
+        if named is not None and named != peer.visit_id:
+            raise EventRefused("visit_id: not your visit")
+        return await self.reception.guest_for_pass(peer.visit_id, peer.guest_id, peer.held_pass)
+
     async def _arrive(self, peer: Peer, data: Mapping[str, Any]) -> dict[str, Any]:
-        """The patient pressed Join: into the waiting room (a return changes nothing)."""
-        visit = await self._patient_visit(peer, parse_join_call(data))
+        """The patient (or a guest) pressed Join: into the waiting room (a return changes
+        nothing)."""
+        named = parse_join_call(data)
+        if peer.role == GUEST:
+            visit, guest = await self._guest_visit(peer, named)
+            visit, guest = await self.reception.guest_arrive(visit, guest, peer.source)
+            await self._publish(peer.clinician_id, changed=visit.id)
+            return {"ok": True, "state": guest.state.value}
+        visit = await self._patient_visit(peer, named)
         visit = await self.reception.arrive(visit, peer.source)
         await self._publish(peer.clinician_id, changed=visit.id, places=True)
         return {"ok": True, "state": visit.state.value}
 
     async def _join_call(self, peer: Peer, data: Mapping[str, Any]) -> dict[str, Any]:
-        visit = await self._patient_visit(peer, parse_join_call(data))
+        named = parse_join_call(data)
+        if peer.role == GUEST:
+            visit, guest = await self._guest_visit(peer, named)
+            if guest.state is not GuestState.IN_CALL:
+                return refusal(f"you are {guest.state.value}: wait to be admitted")
+        else:
+            visit = await self._patient_visit(peer, named)
         if visit.state is not VisitState.IN_CALL:
             return refusal(f"the visit is {visit.state.value}: wait to be admitted")
         return await self._sit(peer, visit.id)
@@ -381,49 +503,151 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
         for sid in await self.roster.visit_sids(visit.id):  # in every process
             await self.disconnect(sid)
         await self.roster.forget_visit(visit.id)
+        await self._let_guests_go(visit, visit.guests)
         return {"ok": True, "visit_id": visit.id, "state": visit.state.value}
+
+    # the clinician's moves of a guest ---------------------------------------------------
+    async def _admit_guest(self, peer: Peer, data: Mapping[str, Any]) -> dict[str, Any]:
+        """waiting -> in_call, into a call in progress: the guest gets `visit` (in_call)
+        and joins the call themselves (`join_call`)."""
+        visit_id, guest_id = parse_guest_ref(data)
+        visit, guest = await self.reception.admit_guest(await self._actor(peer), visit_id, guest_id)
+        await self._publish(visit.clinician_id, changed=visit.id)
+        return _guest_answer(visit, guest)
+
+    async def _send_back_guest(self, peer: Peer, data: Mapping[str, Any]) -> dict[str, Any]:
+        visit_id, guest_id = parse_guest_ref(data)
+        visit, guest = await self.reception.send_back_guest(
+            await self._actor(peer), visit_id, guest_id
+        )
+        await self._guest_leaves_call(visit.id, guest, "sent_back")
+        await self._publish(visit.clinician_id, changed=visit.id)
+        return _guest_answer(visit, guest)
+
+    async def _remove_guest(self, peer: Peer, data: Mapping[str, Any]) -> dict[str, Any]:
+        visit_id, guest_id = parse_guest_ref(data)
+        visit, guest = await self.reception.remove_guest(
+            await self._actor(peer), visit_id, guest_id
+        )
+        await self.guest_removed(visit, guest)
+        return _guest_answer(visit, guest)
+
+    async def guest_removed(self, visit: Visit, guest: Guest) -> None:
+        """A guest was removed (here, or through the clinic's HTTP API): out of the call,
+        told, and their pages disconnected, in every process."""
+        await self._guest_leaves_call(visit.id, guest, "removed")
+        await self._publish(visit.clinician_id, changed=visit.id)
+        await self.emit(
+            "visit", self._guest_view(visit, guest, ""), room=guest_room(visit.id, guest.id)
+        )
+        await self._let_guests_go(visit, (guest,))
+
+    async def _guest_leaves_call(self, visit_id: str, guest: Guest, reason: str) -> None:
+        """The guest's page is told (`call_over`) and leaves the call room; the others see
+        the guest's seat empty."""
+        seat = guest_seat(guest.id)
+        sid = (await self.roster.seats(visit_id)).get(seat)
+        await self.emit(
+            "call_over",
+            {"visit_id": visit_id, "reason": reason},
+            room=guest_room(visit_id, guest.id),
+        )
+        if sid is None:
+            return
+        await self.leave_room(sid, call_room(visit_id))  # in whichever process it is
+        local = self._peers.get(sid)
+        if local is not None:
+            local.seats.discard(visit_id)
+        if await self.roster.leave_seat(visit_id, seat, sid):
+            await self.emit(
+                "peer",
+                {"visit_id": visit_id, "present": False, **_described(guest), "sid": sid},
+                room=call_room(visit_id),
+            )
+
+    async def _let_guests_go(self, visit: Visit, guests: tuple[Guest, ...]) -> None:
+        """Disconnect these guests' pages, in every process, and forget their sockets."""
+        for guest in guests:
+            key = guest_sockets(visit.id, guest.id)
+            for sid in await self.roster.visit_sids(key):
+                await self.disconnect(sid)
+            await self.roster.forget_visit(key)
 
     # the call -----------------------------------------------------------------------
     async def _sit(self, peer: Peer, visit_id: str) -> dict[str, Any]:
-        """Enter the call room, tell the other side, answer with the `call` payload."""
+        """Enter the call room, tell the others, answer with the `call` payload."""
         room = call_room(visit_id)
         await self.enter_room(peer.sid, room)
-        others, previous = await self.roster.take_seat(visit_id, peer.role, peer.sid)
+        if peer.role != GUEST:
+            await self.enter_room(peer.sid, pair_room(visit_id))
+        others, previous = await self.roster.take_seat(visit_id, peer.seat, peer.sid)
         peer.seats.add(visit_id)
         if previous is not None and previous != peer.sid:
-            await self._unseat(previous, peer.role, visit_id)
+            await self._unseat(previous, peer.seat, visit_id)
         current = await self.store.get_visit(visit_id)
-        if current is None or current.state is not VisitState.IN_CALL:  # moved meanwhile
+        seated = current is not None and current.state is VisitState.IN_CALL
+        if current is not None and seated and peer.role == GUEST:
+            guest = current.guest(peer.guest_id)
+            seated = guest is not None and guest.state is GuestState.IN_CALL
+        if current is None or not seated:  # moved meanwhile
             await self.leave_room(peer.sid, room)
+            await self.leave_room(peer.sid, pair_room(visit_id))
             await self._leave_seat(peer, visit_id)
             return refusal("the call is over")
         await self.emit(
             "peer",
-            {"visit_id": visit_id, "present": True, "role": peer.role, "sid": peer.sid},
+            {"visit_id": visit_id, "present": True, **peer.described(), "sid": peer.sid},
             room=room,
             skip_sid=peer.sid,
         )
-        other_role = CLINICIAN if peer.role == PATIENT else PATIENT
-        other = others.get(other_role)
+        participants = [await self._seated(current, seat, sid) for seat, sid in others.items()]
+        other_seat = {PATIENT: CLINICIAN, CLINICIAN: PATIENT}.get(peer.role)
         call = {
             "visit_id": visit_id,
-            "role": peer.role,
-            "polite": peer.role == PATIENT,
-            "ice_servers": ice_servers(self.webrtc, f"{visit_id}-{peer.role}", self.app[CLOCK]()),
+            **peer.described(),
+            "polite": peer.role != CLINICIAN,
+            "ice_servers": ice_servers(
+                self.webrtc, f"{visit_id}-{peer.participant}", self.app[CLOCK]()
+            ),
             "media": self.media,
-            "peer": None if other is None else {"role": other_role, "sid": other},
+            "peer": next((p for p in participants if p["participant"] == other_seat), None),
+            "participants": sorted(participants, key=_participant_order),
         }
         await self.emit("call", call, to=peer.sid)
         return {"ok": True, **call}
 
-    async def _unseat(self, sid: str, role: str, visit_id: str) -> None:
-        """Another page took `sid`'s seat (the patient reopened the link in a new tab, or
-        a colleague opened the call): `sid` leaves the call, in whichever process it is.
-        A patient's old page is also disconnected: its pass died when the new page
-        claimed the link."""
+    async def _seated(self, visit: Visit, seat: str, sid: str) -> dict[str, str]:
+        """Who sits in `seat` of the visit's call, as the others are told."""
+        local = self._peers.get(sid)
+        if local is not None:
+            return {**local.described(), "sid": sid}
+        if seat.startswith("guest:"):
+            guest = visit.guest(seat.removeprefix("guest:"))
+            if guest is not None:
+                return {**_described(guest), "sid": sid}
+            return {
+                "role": GUEST,
+                "participant": seat.removeprefix("guest:"),
+                "name": "",
+                "sid": sid,
+            }
+        if seat == PATIENT:
+            patient = await self.store.get_patient(visit.patient_id)
+            name = patient.name if patient is not None else ""
+        else:  # a clinician's page in another process: the visit's clinician
+            user = await self.store.get_user(visit.clinician_id)
+            name = user.name if user is not None else ""
+        return {"role": seat, "participant": seat, "name": name, "sid": sid}
+
+    async def _unseat(self, sid: str, seat: str, visit_id: str) -> None:
+        """Another page took `sid`'s seat (the patient or a guest reopened the link in a
+        new tab, or a colleague opened the call): `sid` leaves the call, in whichever
+        process it is. A patient's or guest's old page is also disconnected: its pass
+        died when the new page claimed the link."""
         await self.emit("call_over", {"visit_id": visit_id, "reason": "replaced"}, to=sid)
         await self.leave_room(sid, call_room(visit_id))
-        if role == PATIENT:
+        await self.leave_room(sid, pair_room(visit_id))
+        if seat != CLINICIAN:
             await self.disconnect(sid)
 
     async def _close_call(self, visit_id: str, reason: str) -> None:
@@ -431,12 +655,13 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
         await self.emit("call_over", {"visit_id": visit_id, "reason": reason}, room=room)
         await self.roster.clear_call(visit_id)
         await self.close_room(room)  # in every process, through the Redis manager
+        await self.close_room(pair_room(visit_id))
         for side in (PATIENT, CLINICIAN):
             self._quality_kept.pop((visit_id, side), None)
 
     def _in_call(self, peer: Peer, named: str | None) -> str:
         """The visit whose call the event is for; the sender must sit in it."""
-        if peer.role == PATIENT:
+        if peer.role != CLINICIAN:
             if named is not None and named != peer.visit_id:
                 raise EventRefused("visit_id: not your visit")
             visit_id = peer.visit_id
@@ -457,24 +682,44 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
         members = self.server.manager.rooms.get(NAMESPACE, {}).get(room)
         return members is not None and sid in members
 
-    async def _relay(self, peer: Peer, event: str, visit_id: str, body: dict[str, Any]) -> None:
+    async def _relay(
+        self, peer: Peer, event: str, visit_id: str, body: dict[str, Any], *, room: str = ""
+    ) -> None:
+        """To the others in the call (or in `room`); a guest's carry their guest id."""
+        sender = {"participant": peer.guest_id} if peer.guest_id else {}
         await self.emit(
             event,
-            {"visit_id": visit_id, "from": peer.role, **body},
-            room=call_room(visit_id),
+            {"visit_id": visit_id, "from": peer.role, **sender, **body},
+            room=room or call_room(visit_id),
             skip_sid=peer.sid,
         )
 
     async def _signal(self, peer: Peer, data: Mapping[str, Any]) -> dict[str, Any]:
+        """Without `to`: the two-party call's signals, patient <-> clinician (guests never
+        see them). With `to`: to that participant of the call only."""
         signal = parse_signal(data, visit_required=peer.role == CLINICIAN)
-        await self._relay(peer, "signal", self._in_call(peer, signal.visit_id), signal.body)
+        visit_id = self._in_call(peer, signal.visit_id)
+        if signal.to is None:
+            if peer.role == GUEST:
+                raise EventRefused("to: missing (a guest names whom the signal is for)")
+            await self._relay(peer, "signal", visit_id, signal.body, room=pair_room(visit_id))
+            return {"ok": True}
+        seat = signal.to if signal.to in (PATIENT, CLINICIAN) else guest_seat(signal.to)
+        sid = (await self.roster.seats(visit_id)).get(seat)
+        if sid is None or sid == peer.sid:
+            raise EventRefused("to: not in this call")
+        sender = {"participant": peer.guest_id} if peer.guest_id else {}
+        await self.emit(
+            "signal", {"visit_id": visit_id, "from": peer.role, **sender, **signal.body}, to=sid
+        )
         return {"ok": True}
 
     async def _chat(self, peer: Peer, data: Mapping[str, Any]) -> dict[str, Any]:
         chat = parse_chat(data, visit_required=peer.role == CLINICIAN)
         visit_id = self._in_call(peer, chat.visit_id)
         at = iso(self.app[CLOCK]())
-        await self._relay(peer, "chat", visit_id, {"text": chat.text, "at": at})
+        body = {"participant": peer.participant, "name": peer.name, "text": chat.text, "at": at}
+        await self._relay(peer, "chat", visit_id, body)
         return {"ok": True, "at": at}
 
     async def _media(self, peer: Peer, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -498,6 +743,8 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
                 "audio_only": q.audio_only,
             },
         )
+        if peer.role == GUEST:  # the visit keeps the two-party call's samples
+            return {"ok": True, "stored": False}
         now, key = self.ticks(), (visit_id, peer.role)
         last = self._quality_kept.get(key)
         if last is None or now - last >= QUALITY_EVERY_SECONDS:
@@ -523,9 +770,9 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
         return lock
 
     async def _publish(self, clinician_id: str, *, changed: str, places: bool = False) -> None:
-        """After a change to visit `changed`: its patient gets `visit`, its clinician
-        gets `queue`; with `places`, every waiting patient of that clinician gets their
-        (new) place too."""
+        """After a change to visit `changed`: its patient and its guests get `visit`, its
+        clinician gets `queue`; with `places`, every waiting patient of that clinician
+        gets their (new) place too."""
         async with self._queue_lock(clinician_id):
             visits = await self._send_queue(clinician_id, to=clinician_room(clinician_id))
             message = await self.reception.waiting_message()
@@ -547,6 +794,26 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
                     },
                     room=visit_room(visit.id),
                 )
+                for guest in visit.present_guests:
+                    await self.emit(
+                        "visit",
+                        self._guest_view(visit, guest, message),
+                        room=guest_room(visit.id, guest.id),
+                    )
+
+    @staticmethod
+    def _guest_view(visit: Visit, guest: Guest, message: str) -> dict[str, Any]:
+        """What a guest's page is told: the guest's own state (the visit's, once it is
+        over)."""
+        return {
+            "visit_id": visit.id,
+            "guest_id": guest.id,
+            "guest_role": guest.role.value,
+            "state": visit.state.value if not visit.open else guest.state.value,
+            "place": 0,
+            "message": message,
+            "waiting_since": optional_iso(guest.waiting_since),
+        }
 
     async def _news2(self, patient_id: str) -> dict[str, Any] | None:
         """The score for the queue (the clinician's access to the patient was checked
@@ -573,6 +840,7 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
             await self.disconnect(sid)
         if not visit.open:
             await self.roster.forget_visit(visit.id)
+            await self._let_guests_go(visit, visit.guests)
 
     async def _send_queue(self, clinician_id: str, *, to: str) -> list[Visit]:
         """The clinician's queue to `to` (a socket or their room); returns it."""
@@ -594,4 +862,32 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
             "precheck": precheck_json(visit.precheck),
             "news2": await self._news2(visit.patient_id),
             "latest": [observation_json(o) for o in latest],
+            "guests": [
+                {
+                    "guest_id": g.id,
+                    "name": g.name,
+                    "role": g.role.value,
+                    "state": g.state.value,
+                    "waiting_since": optional_iso(g.waiting_since),
+                    "online": g.online,
+                }
+                for g in visit.present_guests
+            ],
         }
+
+
+def _described(guest: Guest) -> dict[str, str]:
+    return {
+        "role": GUEST,
+        "participant": guest.id,
+        "name": guest.name,
+        "guest_role": guest.role.value,
+    }
+
+
+def _participant_order(p: Mapping[str, str]) -> tuple[int, str]:
+    return ({CLINICIAN: 0, PATIENT: 1}.get(p["role"], 2), p["participant"])
+
+
+def _guest_answer(visit: Visit, guest: Guest) -> dict[str, Any]:
+    return {"ok": True, "visit_id": visit.id, "guest_id": guest.id, "state": guest.state.value}

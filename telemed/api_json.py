@@ -8,7 +8,7 @@ from telemed.accounts import Patient, User
 from telemed.clock import iso
 from telemed.monitoring import Alert, Observation
 from telemed.settings import VisitSettings
-from telemed.visits import PreCheck, Visit
+from telemed.visits import Guest, PreCheck, Visit
 
 
 def patient_json(p: Patient) -> dict[str, Any]:
@@ -95,6 +95,25 @@ def visit_json(v: Visit) -> dict[str, Any]:
         "transitions": [
             {"state": t.state.value, "at": iso(t.at), "by": t.by} for t in v.transitions
         ],
+        "guests": [guest_json(g) for g in v.guests],
+    }
+
+
+def guest_json(g: Guest) -> dict[str, Any]:
+    """A visit's guest as the clinic sees them; never their link's or pass's hash."""
+    return {
+        "guest_id": g.id,
+        "role": g.role.value,
+        "name": g.name,
+        "state": g.state.value,
+        "expires_at": iso(g.link_expires_at),
+        "invited_at": iso(g.invited_at),
+        "invited_by": g.invited_by,
+        "link_claimed": g.link_claimed_at is not None,
+        "waiting_since": optional_iso(g.waiting_since),
+        "admitted_at": optional_iso(g.admitted_at),
+        "removed_at": optional_iso(g.removed_at),
+        "online": g.online,
     }
 
 

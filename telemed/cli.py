@@ -47,7 +47,7 @@ from telemed.key_custody import KeyCustody, open_key_provider
 from telemed.keyring import EnvKeys, KeyFile, KeyProvider, new_key_id
 from telemed.logs import configure
 from telemed.private_file import write_private
-from telemed.reception import Reception, booking_json, visit_policy
+from telemed.reception import Reception, booking_json, invitation_json, visit_policy
 from telemed.sealing import Sealer
 from telemed.settings import ConfigError, Settings, load_settings
 from telemed.store import Store, open_store
@@ -881,6 +881,20 @@ def cmd_visit(args: argparse.Namespace, settings: Settings) -> int:
             booking = await reception.reissue_link(OPERATOR, args.id)
             data = booking_json(booking, settings.base_url)
             emit(args, data, f"New join link (the old one no longer works):\n  {data['join_url']}")
+        elif args.visit_command == "invite":
+            invitation = await reception.invite(
+                OPERATOR, args.visit, role=args.role, name=args.name
+            )
+            data = invitation_json(invitation, settings.base_url)
+            shown = ("guest_id", "name", "join_url", "expires_at")
+            emit(
+                args,
+                data,
+                "\n".join(
+                    [f"Guest invited. Send the {data['role']} this join link (shown once):"]
+                    + [f"  {k:16} {data[k]}" for k in shown]
+                ),
+            )
         elif args.visit_command == "list":
             visits = await clinic.store.list_visits(
                 clinician_id=args.doctor, patient_id=args.patient
@@ -1085,6 +1099,16 @@ def build_parser() -> argparse.ArgumentParser:
     vlink.add_argument("id")
     json_flag(vlink)
     vlink.set_defaults(func=cmd_visit)
+    vinvite = visit.add_parser(
+        "invite", help="invite a guest into a visit; prints the guest's join link once"
+    )
+    vinvite.add_argument("--visit", required=True, help="visit id")
+    vinvite.add_argument(
+        "--role", required=True, help="interpreter, family or colleague", metavar="ROLE"
+    )
+    vinvite.add_argument("--name", required=True, help="the guest's name, as the call shows it")
+    json_flag(vinvite)
+    vinvite.set_defaults(func=cmd_visit)
     vlist = visit.add_parser("list", help="list visits")
     vlist.add_argument("--patient", help="only this patient's")
     vlist.add_argument("--doctor", help="only this clinician's")

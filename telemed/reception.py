@@ -1,5 +1,6 @@
 """The clinic's front desk for video visits: booking, join links, the waiting room, and
-the doctor's admit / send back / end. Each act is audited.
+the doctor's admit / send back / end; guests (an interpreter, family, a colleague) invited
+into the call with their own links, admitted, sent back and removed. Each act is audited.
 
 The web pages, the Socket.IO visit rooms and the CLI all call these, so the rules live in
 one place. Visits change by compare-and-set on their version, so two server processes
@@ -16,18 +17,23 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from telemed.accounts import Patient, Role, new_id
-from telemed.api_json import join_url, visit_json
+from telemed.api_json import guest_json, join_url, visit_json
 from telemed.audit import Outcome
 from telemed.clinic import Actor, Clinic
 from telemed.errors import Forbidden, NotFound, StoreUnavailable, ValidationError
 from telemed.settings import VisitSettings
 from telemed.visits import (
+    Guest,
+    GuestState,
+    InvalidGuestMove,
     InvalidMove,
     PreCheck,
     QualitySample,
     Transition,
     Visit,
     VisitState,
+    guest_name,
+    guest_role,
     new_secret,
     places,
     secret_hash,
@@ -49,6 +55,14 @@ class LinkRefused(Exception):
 @dataclass(frozen=True, slots=True)
 class VisitPolicy:
     link_valid_for: timedelta  # after the scheduled time
+    max_participants: int = 4  # in one call: the clinician, the patient and the guests
+
+
+@dataclass(frozen=True, slots=True)
+class Invitation:
+    visit: Visit
+    guest: Guest
+    token: str  # the guest's join link's secret, shown once
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +72,10 @@ class Booking:
 
 
 def visit_policy(settings: VisitSettings) -> VisitPolicy:
-    return VisitPolicy(link_valid_for=timedelta(hours=settings.link_valid_hours))
+    return VisitPolicy(
+        link_valid_for=timedelta(hours=settings.link_valid_hours),
+        max_participants=settings.max_participants,
+    )
 
 
 def booking_json(booking: Booking, base_url: str) -> dict[str, Any]:
@@ -66,9 +83,26 @@ def booking_json(booking: Booking, base_url: str) -> dict[str, Any]:
     return {**visit_json(booking.visit), "join_url": join_url(base_url, booking.token)}
 
 
+def invitation_json(invitation: Invitation, base_url: str) -> dict[str, Any]:
+    """A new guest and their join link, as the CLI and the API show it once."""
+    return {
+        **guest_json(invitation.guest),
+        "visit_id": invitation.visit.id,
+        "join_url": join_url(base_url, invitation.token),
+    }
+
+
 def patient_actor(visit: Visit, source: str) -> Actor:
     """The patient acting through their visit link (they have no session)."""
     return Actor(visit.patient_id, Role.PATIENT.value, source)
+
+
+GUEST = "guest"  # the audit log's role of a guest acting through their link
+
+
+def guest_actor(guest: Guest, source: str) -> Actor:
+    """A guest acting through their link (they have no account: their guest id)."""
+    return Actor(guest.id, GUEST, source)
 
 
 class Reception:
@@ -197,6 +231,228 @@ class Reception:
             raise LinkRefused("This visit was cancelled. Ask the clinic for a new time.")
         if self.clock() >= visit.link_expires_at:
             raise LinkRefused("This link has expired. Ask the clinic to send a new one.")
+
+    # guests --------------------------------------------------------------------------
+    async def invite(
+        self, actor: Actor, visit_id: str, *, role: object, name: object
+    ) -> Invitation:
+        """A guest for an open visit, and their own join link (it expires with the
+        visit's). The actor is the operator or a clinician of the patient's care team. A
+        call holds at most `policy.max_participants`: the clinician, the patient and the
+        guests not removed."""
+        chosen, shown = guest_role(role), guest_name(name)
+        await self.visit_for_clinician(actor, visit_id, "visit.guest.invite", audit_success=False)
+        token = new_secret()
+        now = self.clock()
+        guest_id = new_id()
+        most = self.policy.max_participants
+
+        def invited(v: Visit) -> Visit:
+            if not v.open:
+                raise ValidationError("visit", f"is {v.state.value}: nobody can join it now")
+            if 2 + len(v.present_guests) + 1 > most:
+                raise ValidationError(
+                    "guests",
+                    f"a call has at most {most} participants (the clinician, the patient "
+                    f"and {most - 2} guests): remove a guest before inviting another",
+                )
+            return v.with_guest(
+                Guest(
+                    id=guest_id,
+                    role=chosen,
+                    name=shown,
+                    link_hash=secret_hash(token),
+                    link_expires_at=v.link_expires_at,
+                    invited_at=now,
+                    invited_by=actor.id,
+                )
+            )
+
+        visit = await self._update(visit_id, invited)
+        guest = visit.guest(guest_id)
+        assert guest is not None
+        await self._audit_guest(actor, "visit.guest.invite", visit, guest)
+        return Invitation(visit, guest, token)
+
+    async def guest_for_link(self, token: str) -> tuple[Visit, Guest]:
+        """The visit and the guest a guest's join link opens, without claiming it;
+        `LinkRefused` otherwise."""
+        link_hash = secret_hash(token)
+        visit = await self.store.find_visit_by_guest_link(link_hash)
+        guest = (
+            None
+            if visit is None
+            else next((g for g in visit.guests if g.link_hash == link_hash), None)
+        )
+        if visit is None or guest is None:
+            raise LinkRefused("This link is not valid. Ask the clinic to send a new one.")
+        self._check_guest_alive(visit, guest)
+        return visit, guest
+
+    async def claim_guest(
+        self, token: str, source: str, *, held_pass: str = ""
+    ) -> tuple[Visit, Guest, str]:
+        """Claim a guest's link for this browser: a new pass for it. A browser that holds
+        the guest's pass already claims it again; another browser is refused."""
+        visit, guest = await self.guest_for_link(token)
+        if guest.link_claimed_at is not None and not secret_matches(held_pass, guest.pass_hash):
+            await self.clinic.audit(
+                guest_actor(guest, source),
+                "visit.guest.link.claim",
+                Outcome.DENIED,
+                patient_id=visit.patient_id,
+                entity=f"Visit/{visit.id}",
+                detail=f"guest={guest.id} already claimed by another browser",
+            )
+            raise LinkRefused(
+                "This link was already opened on another device. Ask the clinic to send "
+                "a new one if that was not you."
+            )
+        new_pass = new_secret()
+        now = self.clock()
+
+        def claimed(v: Visit) -> Visit:
+            g = v.guest(guest.id)
+            if g is None or g.pass_hash != guest.pass_hash:
+                raise LinkRefused("This link was just opened elsewhere. Ask the clinic.")
+            self._check_guest_alive(v, g)
+            return v.with_guest(
+                dataclasses.replace(g, link_claimed_at=now, pass_hash=secret_hash(new_pass))
+            )
+
+        visit = await self._update(visit.id, claimed)
+        guest = self._guest_of(visit, guest.id)
+        await self._audit_guest(guest_actor(guest, source), "visit.guest.link.claim", visit, guest)
+        return visit, guest, new_pass
+
+    async def guest_for_pass(
+        self, visit_id: str, guest_id: str, held_pass: str
+    ) -> tuple[Visit, Guest]:
+        """The open visit and the guest a browser's guest pass lets in; `LinkRefused`
+        otherwise."""
+        visit = await self.store.get_visit(visit_id)
+        guest = None if visit is None else visit.guest(guest_id)
+        if visit is None or guest is None or not secret_matches(held_pass, guest.pass_hash):
+            if guest is not None and guest.removed:
+                raise LinkRefused(
+                    "The clinic removed you from this visit. The link no longer works."
+                )
+            raise LinkRefused("This visit link is no longer valid on this device.")
+        self._check_guest_alive(visit, guest)
+        return visit, guest
+
+    def _check_guest_alive(self, visit: Visit, guest: Guest) -> None:
+        self._check_link_alive(visit)
+        if guest.removed:
+            raise LinkRefused("The clinic removed you from this visit. The link no longer works.")
+        if self.clock() >= guest.link_expires_at:
+            raise LinkRefused("This link has expired. Ask the clinic to send a new one.")
+
+    async def guest_arrive(self, visit: Visit, guest: Guest, source: str) -> tuple[Visit, Guest]:
+        """The guest is in the waiting room: a first arrival moves invited -> waiting; a
+        return keeps the state (and `waiting_since`)."""
+        if guest.state is not GuestState.INVITED:
+            return visit, guest
+        now = self.clock()
+        moved = False
+
+        def arrived(v: Visit) -> Visit:
+            nonlocal moved  # another page of the guest's may have arrived first
+            g = self._guest_of(v, guest.id)
+            self._check_guest_alive(v, g)
+            moved = g.state is GuestState.INVITED
+            return v.with_guest(g.move(GuestState.WAITING, now)) if moved else v
+
+        visit = await self._update(visit.id, arrived)
+        guest = self._guest_of(visit, guest.id)
+        if moved:
+            await self._audit_guest(guest_actor(guest, source), "visit.guest.waiting", visit, guest)
+        return visit, guest
+
+    async def set_guest_online(self, visit_id: str, guest_id: str, online: bool) -> Visit:
+        def marked(v: Visit) -> Visit:
+            g = v.guest(guest_id)
+            if g is None or g.online == online or (online and g.removed):
+                return v
+            return v.with_guest(dataclasses.replace(g, online=online))
+
+        return await self._update(visit_id, marked)
+
+    async def admit_guest(self, actor: Actor, visit_id: str, guest_id: str) -> tuple[Visit, Guest]:
+        """waiting -> in_call. Only into a call in progress: the visit must be `in_call`
+        (the doctor admitted the patient first)."""
+
+        def ready(v: Visit) -> None:
+            if v.state is not VisitState.IN_CALL:
+                raise ValidationError(
+                    "state",
+                    f"the visit is {v.state.value}: admit the patient first (a guest joins "
+                    "a call in progress)",
+                )
+
+        return await self._guest_move(
+            actor, visit_id, guest_id, GuestState.IN_CALL, "visit.guest.admit", ready
+        )
+
+    async def send_back_guest(
+        self, actor: Actor, visit_id: str, guest_id: str
+    ) -> tuple[Visit, Guest]:
+        """in_call -> waiting: the guest waits until admitted again."""
+        return await self._guest_move(
+            actor, visit_id, guest_id, GuestState.WAITING, "visit.guest.send_back"
+        )
+
+    async def remove_guest(self, actor: Actor, visit_id: str, guest_id: str) -> tuple[Visit, Guest]:
+        """-> removed: the guest's link and pass die; they leave the call."""
+        return await self._guest_move(
+            actor, visit_id, guest_id, GuestState.REMOVED, "visit.guest.remove"
+        )
+
+    async def _guest_move(
+        self,
+        actor: Actor,
+        visit_id: str,
+        guest_id: str,
+        to: GuestState,
+        action: str,
+        check: Callable[[Visit], None] | None = None,
+    ) -> tuple[Visit, Guest]:
+        await self.visit_for_clinician(actor, visit_id, action, audit_success=False)
+        now = self.clock()
+
+        def moved(v: Visit) -> Visit:
+            g = v.guest(guest_id)
+            if g is None:
+                raise NotFound(f"visit {visit_id} has no guest {guest_id}")
+            if not v.open:
+                raise ValidationError("visit", f"is {v.state.value}: its guests' links are dead")
+            if check is not None:
+                check(v)
+            try:
+                return v.with_guest(g.move(to, now))
+            except InvalidGuestMove as exc:
+                raise ValidationError("guest", str(exc)) from None
+
+        visit = await self._update(visit_id, moved)
+        guest = self._guest_of(visit, guest_id)
+        await self._audit_guest(actor, action, visit, guest)
+        return visit, guest
+
+    @staticmethod
+    def _guest_of(visit: Visit, guest_id: str) -> Guest:
+        guest = visit.guest(guest_id)
+        if guest is None:
+            raise NotFound(f"visit {visit.id} has no guest {guest_id}")
+        return guest
+
+    async def _audit_guest(self, actor: Actor, action: str, visit: Visit, guest: Guest) -> None:
+        """Ids, the guest's role and state; never the guest's name."""
+        await self._audit(
+            actor,
+            action,
+            visit,
+            detail=f"guest={guest.id} role={guest.role.value} state={guest.state.value}",
+        )
 
     # the waiting room ----------------------------------------------------------------
     async def arrive(self, visit: Visit, source: str) -> Visit:

@@ -109,6 +109,8 @@ class VisitSettings:
     low_bandwidth_kbps: int = field(metadata={"min": 30, "max": 5000})  # video cap, low profile
     low_bandwidth_height: int = field(metadata={"min": 90, "max": 1080})  # video rows, low profile
     audio_only_below_kbps: int = field(metadata={"min": 0, "max": 1000})  # pre-call: advise audio
+    # in one call: the clinician, the patient and up to max_participants - 2 guests
+    max_participants: int = field(default=4, metadata={"min": 2, "max": 8})
 
 
 @dataclass(frozen=True, slots=True)

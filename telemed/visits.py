@@ -15,6 +15,17 @@ use: the first browser that claims it gets a pass (a second secret, kept in an H
 cookie, also stored only as a hash), and only that pass lets the same browser back in
 during the visit. Opening the link does not claim it (link previews in messaging apps
 fetch links); the patient's first press on the page does.
+
+Guests (an interpreter, a family member, a colleague) are invited by the care team, each
+with their own join link and pass, under the same rules. A guest's own states::
+
+    invited --join--> waiting --admit--> in_call --send back--> waiting
+       |                 |                  |
+       +-----------------+------------------+--remove--> removed
+
+A guest is admitted only into a call in progress (the visit is `in_call`: the doctor has
+admitted the patient). When the visit goes back to the waiting room its guests in the
+call go back too; when the visit is over, every guest's link dies with it.
 """
 
 from __future__ import annotations
@@ -23,14 +34,17 @@ import dataclasses
 import hashlib
 import hmac
 import secrets
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from telemed.clock import iso, parse_iso
+from telemed.errors import ValidationError
 
 MAX_QUALITY_SAMPLES = 360  # a sample every 10 s: an hour of call quality per visit
+MAX_GUEST_NAME = 80  # characters of a guest's display name
 
 
 class VisitState(StrEnum):
@@ -66,6 +80,38 @@ class InvalidMove(Exception):
 
     def __init__(self, current: VisitState, wanted: VisitState) -> None:
         super().__init__(f"a visit that is {current.value} cannot become {wanted.value}")
+        self.current = current
+        self.wanted = wanted
+
+
+class GuestRole(StrEnum):
+    """Why a guest is in the call."""
+
+    INTERPRETER = "interpreter"
+    FAMILY = "family"
+    COLLEAGUE = "colleague"
+
+
+class GuestState(StrEnum):
+    INVITED = "invited"
+    WAITING = "waiting"
+    IN_CALL = "in_call"
+    REMOVED = "removed"
+
+
+GUEST_MOVES: dict[GuestState, frozenset[GuestState]] = {
+    GuestState.INVITED: frozenset({GuestState.WAITING, GuestState.REMOVED}),
+    GuestState.WAITING: frozenset({GuestState.IN_CALL, GuestState.REMOVED}),
+    GuestState.IN_CALL: frozenset({GuestState.WAITING, GuestState.REMOVED}),
+    GuestState.REMOVED: frozenset(),
+}
+
+
+class InvalidGuestMove(Exception):
+    """The guest cannot go from their state to the one asked for."""
+
+    def __init__(self, current: GuestState, wanted: GuestState) -> None:
+        super().__init__(f"a guest who is {current.value} cannot become {wanted.value}")
         self.current = current
         self.wanted = wanted
 
@@ -108,6 +154,79 @@ class QualitySample:
 
 
 @dataclass(frozen=True, slots=True)
+class Guest:
+    """Someone the care team invited into the call, with their own link and pass."""
+
+    id: str
+    role: GuestRole
+    name: str  # shown to the others in the call; at most MAX_GUEST_NAME characters
+    link_hash: str  # SHA-256 of the guest's join token
+    link_expires_at: datetime  # the visit's, when the guest was invited
+    invited_at: datetime
+    invited_by: str  # a user id, or "cli"
+    state: GuestState = GuestState.INVITED
+    link_claimed_at: datetime | None = None
+    pass_hash: str = ""  # SHA-256 of the claiming browser's pass
+    waiting_since: datetime | None = None  # the first arrival; kept across rejoins
+    admitted_at: datetime | None = None
+    removed_at: datetime | None = None
+    online: bool = False  # a page of the guest's is connected now (a hint for the queue)
+
+    @property
+    def removed(self) -> bool:
+        return self.state is GuestState.REMOVED
+
+    def move(self, to: GuestState, at: datetime) -> Guest:
+        """The guest after the move; raise `InvalidGuestMove`."""
+        if to not in GUEST_MOVES[self.state]:
+            raise InvalidGuestMove(self.state, to)
+        changes: dict[str, Any] = {"state": to}
+        if to is GuestState.WAITING and self.waiting_since is None:
+            changes["waiting_since"] = at
+        if to is GuestState.IN_CALL:
+            changes["admitted_at"] = at
+        if to is GuestState.REMOVED:
+            changes["removed_at"] = at
+            changes["pass_hash"] = ""  # the browser's pass dies at once
+            changes["online"] = False
+        return dataclasses.replace(self, **changes)
+
+
+def guest_role(value: object) -> GuestRole:
+    """A guest's role from outside (the API, the CLI); `ValidationError` naming `role`."""
+    choices = ", ".join(r.value for r in GuestRole)
+    if not isinstance(value, str):
+        raise ValidationError("role", f"must be one of {choices}")
+    try:
+        return GuestRole(value)
+    except ValueError:
+        raise ValidationError("role", f"must be one of {choices}") from None
+
+
+def guest_name(value: object) -> str:
+    """A guest's display name, its runs of spaces made one; `ValidationError` naming
+    `name` when it is missing, too long or holds control characters."""
+    if not isinstance(value, str):
+        raise ValidationError("name", "must be a string")
+    if any(_control(c) for c in value if c not in "\t\n"):
+        raise ValidationError("name", "must not hold control characters")
+    text = " ".join(value.split())
+    if not text:
+        raise ValidationError("name", "is required")
+    if len(text) > MAX_GUEST_NAME:
+        raise ValidationError("name", f"is longer than {MAX_GUEST_NAME} characters")
+    return text
+
+
+def _control(c: str) -> bool:
+    """A control character, or one that reorders text (which could spoof a name)."""
+    return unicodedata.category(c) == "Cc" or unicodedata.bidirectional(c) in _BIDI_CONTROLS
+
+
+_BIDI_CONTROLS = frozenset({"LRE", "RLE", "LRO", "RLO", "PDF", "LRI", "RLI", "FSI", "PDI"})
+
+
+@dataclass(frozen=True, slots=True)
 class Visit:
     id: str
     patient_id: str
@@ -128,10 +247,27 @@ class Visit:
     precheck: PreCheck | None = None
     quality: tuple[QualitySample, ...] = ()
     patient_online: bool = False  # a patient's page is connected now (a hint for the queue)
+    guests: tuple[Guest, ...] = ()  # in the order they were invited, the removed ones too
 
     @property
     def open(self) -> bool:
         return not self.state.final
+
+    @property
+    def present_guests(self) -> tuple[Guest, ...]:
+        """The guests not removed: they count towards the call's participants."""
+        return tuple(g for g in self.guests if not g.removed)
+
+    def guest(self, guest_id: str) -> Guest | None:
+        return next((g for g in self.guests if g.id == guest_id), None)
+
+    def with_guest(self, guest: Guest) -> Visit:
+        """The visit with `guest` added, or put in place of the guest with its id."""
+        if self.guest(guest.id) is None:
+            return dataclasses.replace(self, guests=(*self.guests, guest))
+        return dataclasses.replace(
+            self, guests=tuple(guest if g.id == guest.id else g for g in self.guests)
+        )
 
     def move(self, to: VisitState, at: datetime, by: str) -> Visit:
         """The visit after the move, with its transition recorded; raise `InvalidMove`."""
@@ -147,6 +283,12 @@ class Visit:
             changes["admitted_at"] = at
         if to.final:
             changes["ended_at"] = at
+        if self.state is VisitState.IN_CALL and to is VisitState.WAITING:
+            # the call is over for now: its guests wait with the patient
+            changes["guests"] = tuple(
+                g.move(GuestState.WAITING, at) if g.state is GuestState.IN_CALL else g
+                for g in self.guests
+            )
         return dataclasses.replace(self, **changes)
 
     def link_usable(self, now: datetime) -> bool:
@@ -205,6 +347,28 @@ def parse_visit_cookie(value: str | None) -> tuple[str, str] | None:
     return visit_id, held_pass
 
 
+# a guest's pass, as the browser keeps it -------------------------------------------
+
+GUEST_COOKIE = "telemed_guest"  # HttpOnly; value "{visit_id}.{guest_id}.{pass}"
+
+
+def guest_cookie_value(visit_id: str, guest_id: str, held_pass: str) -> str:
+    return f"{visit_id}.{guest_id}.{held_pass}"
+
+
+def parse_guest_cookie(value: str | None) -> tuple[str, str, str] | None:
+    """(visit_id, guest_id, pass) from a `telemed_guest` cookie's value; None when it is
+    missing or not of that shape."""
+    if not value:
+        return None
+    parts = value.split(".", 2)
+    if len(parts) != 3 or not all(parts):
+        return None
+    if any(len(p) > MAX_COOKIE_PART or not p.isascii() for p in parts):
+        return None
+    return parts[0], parts[1], parts[2]
+
+
 # documents (both store adapters keep a visit as one document) ------------------------
 
 
@@ -252,7 +416,46 @@ def visit_to_doc(visit: Visit) -> dict[str, Any]:
             }
             for q in visit.quality
         ],
+        "guests": [_guest_doc(g) for g in visit.guests],
     }
+
+
+def _guest_doc(g: Guest) -> dict[str, Any]:
+    return {
+        "id": g.id,
+        "role": g.role.value,
+        "name": g.name,
+        "link_hash": g.link_hash,
+        "link_expires_at": iso(g.link_expires_at),
+        "invited_at": iso(g.invited_at),
+        "invited_by": g.invited_by,
+        "state": g.state.value,
+        "link_claimed_at": _iso(g.link_claimed_at),
+        "pass_hash": g.pass_hash,
+        "waiting_since": _iso(g.waiting_since),
+        "admitted_at": _iso(g.admitted_at),
+        "removed_at": _iso(g.removed_at),
+        "online": g.online,
+    }
+
+
+def _guest_from_doc(doc: dict[str, Any]) -> Guest:
+    return Guest(
+        id=doc["id"],
+        role=GuestRole(doc["role"]),
+        name=doc["name"],
+        link_hash=doc["link_hash"],
+        link_expires_at=parse_iso(doc["link_expires_at"]),
+        invited_at=parse_iso(doc["invited_at"]),
+        invited_by=doc["invited_by"],
+        state=GuestState(doc["state"]),
+        link_claimed_at=_parse(doc.get("link_claimed_at")),
+        pass_hash=doc.get("pass_hash", ""),
+        waiting_since=_parse(doc.get("waiting_since")),
+        admitted_at=_parse(doc.get("admitted_at")),
+        removed_at=_parse(doc.get("removed_at")),
+        online=bool(doc.get("online", False)),
+    )
 
 
 def visit_from_doc(doc: dict[str, Any]) -> Visit:
@@ -300,6 +503,7 @@ def visit_from_doc(doc: dict[str, Any]) -> Visit:
             )
             for q in doc.get("quality", ())
         ),
+        guests=tuple(_guest_from_doc(g) for g in doc.get("guests", ())),
     )
 
 

@@ -4,6 +4,9 @@
 // shared engine in rtc.js. The clinician is the impolite peer: it makes the offer.
 // The vitals come from the live dashboard feed (default namespace). Each chat line is
 // also dispatched on #call as a `chatline` event, for the record editor (record.js).
+// Guests (an interpreter, family, a colleague): the Guests card invites one (POST
+// /api/visits/{id}/guests, the link shown once), lists them from the `queue` events, and
+// admits, sends back or removes them (`admit_guest`, `send_back_guest`, `remove_guest`).
 "use strict";
 
 (function () {
@@ -66,6 +69,7 @@
     else if (next === "scheduled") afterText.textContent = "The patient has not arrived yet.";
     else afterText.textContent = "";
     if (!inCall) setStatus(next === "waiting" ? "Waiting room" : "");
+    renderGuests();
   }
 
   // the engine --------------------------------------------------------------------------
@@ -199,7 +203,7 @@
         pressed($("[data-control=low-bandwidth]"), on);
         if (reason === "bandwidth") setStatusNote("The connection is slow: switched to low bandwidth.");
       },
-      onChat: (m) => addChat(m.from, m.text, m.at),
+      onChat: (m) => addChat(m.from, m.text, m.at, m.name),
       onError: (err) => console.warn("call:", err && err.message ? err.message : err),
     });
     call.setMicrophone(!options.muted);
@@ -278,6 +282,8 @@
       return;
     }
     showQueueEntry(mine);
+    guests = mine.guests || [];
+    renderGuests();
     if (opening || mine.state === phase) return;
     if (mine.state === "in_call") {
       // admitted from another page of ours (the dashboard): join the call here
@@ -365,12 +371,12 @@
   });
 
   // chat --------------------------------------------------------------------------------
-  function addChat(from, text, at) {
+  function addChat(from, text, at, name) {
     const li = document.createElement("li");
     li.className = from === "clinician" ? "mine" : "theirs";
     const who = document.createElement("span");
     who.className = "from";
-    who.textContent = from === "clinician" ? "You" : "Patient";
+    who.textContent = from === "clinician" ? "You" : from === "guest" ? (name || "Guest") : "Patient";
     const body = document.createElement("span");
     body.className = "text";
     body.textContent = text;
@@ -387,7 +393,7 @@
     // record editor (record.js) listens for these lines and saves the transcript.
     root.dispatchEvent(new CustomEvent("chatline", {
       detail: {
-        sender: from === "clinician" ? "doctor" : "patient",
+        sender: from === "clinician" ? "doctor" : from === "guest" ? "guest" : "patient",
         at: at || new Date().toISOString(),
         text: text,
       },
@@ -490,6 +496,142 @@
       dd.textContent = q[key] == null ? "–" : fmt[key](q[key]);
     }
   }
+
+  // guests ------------------------------------------------------------------------------
+  const guestsCard = document.querySelector("[data-testid=guests-card]");
+  const guestList = guestsCard.querySelector("[data-testid=guest-list]");
+  const guestError = guestsCard.querySelector("[data-testid=guest-error]");
+  const inviteForm = guestsCard.querySelector("[data-testid=invite-form]");
+  const linkBox = guestsCard.querySelector("[data-testid=guest-link-box]");
+  const linkInput = guestsCard.querySelector("[data-testid=guest-link]");
+  const maxGuests = Number(guestsCard.dataset.maxGuests) || 0;
+  const ROLE_NAMES = { interpreter: "Interpreter", family: "Family member", colleague: "Colleague" };
+  const GUEST_STATES = {
+    invited: "invited (has not joined yet)",
+    waiting: "in the waiting room",
+    in_call: "in the call",
+  };
+  let guests = JSON.parse(guestsCard.dataset.guests || "[]");
+
+  function guestButton(action, guest, text, testid) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = action === "admit" ? "" : "secondary";
+    button.dataset.guestAction = action;
+    button.dataset.guest = guest.guest_id;
+    button.dataset.testid = testid + "-" + guest.guest_id;
+    button.textContent = text;
+    return button;
+  }
+
+  function renderGuests() {
+    guestList.replaceChildren();
+    const open = !["ended", "cancelled", "no_show"].includes(phase);
+    for (const g of guests) {
+      const li = document.createElement("li");
+      li.dataset.testid = "guest-" + g.guest_id;
+      li.dataset.state = g.state;
+      const who = document.createElement("strong");
+      who.textContent = g.name;
+      const what = document.createElement("span");
+      what.className = "muted";
+      what.textContent = " " + (ROLE_NAMES[g.role] || g.role) + ", ";
+      const state = document.createElement("span");
+      state.dataset.testid = "guest-state-" + g.guest_id;
+      state.textContent = (GUEST_STATES[g.state] || g.state) + (g.online ? "" : g.state === "invited" ? "" : " (offline)");
+      li.append(who, what, state);
+      const actions = document.createElement("div");
+      actions.className = "guest-actions";
+      if (g.state === "waiting") {
+        const admit = guestButton("admit", g, "Admit", "admit-guest");
+        admit.disabled = phase !== "in_call";
+        if (admit.disabled) admit.title = "Admit the patient first: a guest joins a call in progress.";
+        actions.appendChild(admit);
+      }
+      if (g.state === "in_call") actions.appendChild(guestButton("send-back", g, "Send back", "send-back-guest"));
+      if (open) actions.appendChild(guestButton("remove", g, "Remove", "remove-guest"));
+      li.appendChild(actions);
+      guestList.appendChild(li);
+    }
+    guestsCard.querySelector("[data-testid=guests-empty]").hidden = guests.length > 0;
+    inviteForm.hidden = !open || maxGuests <= 0;
+    inviteForm.querySelector("button").disabled = guests.length >= maxGuests;
+  }
+
+  guestList.addEventListener("click", async (event) => {
+    const button = event.target.closest("button[data-guest-action]");
+    if (!button) return;
+    const events = { admit: "admit_guest", "send-back": "send_back_guest", remove: "remove_guest" };
+    guestError.textContent = "";
+    button.disabled = true;
+    const answer = await emit(events[button.dataset.guestAction], { visit_id: visitId, guest_id: button.dataset.guest });
+    button.disabled = false;
+    if (!answer.ok) {
+      guestError.textContent = answer.error;
+      return;
+    }
+    const guest = guests.find((g) => g.guest_id === answer.guest_id);
+    if (answer.state === "removed") guests = guests.filter((g) => g.guest_id !== answer.guest_id);
+    else if (guest) guest.state = answer.state;
+    renderGuests();
+  });
+
+  inviteForm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    guestError.textContent = "";
+    const role = inviteForm.elements.role.value;
+    const name = inviteForm.elements.name.value.trim();
+    if (!name) {
+      guestError.textContent = "Write the guest's name: the others in the call see it.";
+      inviteForm.elements.name.focus();
+      return;
+    }
+    const button = inviteForm.querySelector("button");
+    button.disabled = true;
+    let response;
+    let body = null;
+    try {
+      response = await fetch("/api/visits/" + encodeURIComponent(visitId) + "/guests", {
+        method: "POST",
+        credentials: "same-origin",
+        headers: { "Content-Type": "application/json", "X-CSRF-Token": guestsCard.dataset.csrf },
+        body: JSON.stringify({ role: role, name: name }),
+      });
+      body = await response.json().catch(() => null);
+    } catch (err) {
+      guestError.textContent = "The clinic's server could not be reached. Try again.";
+      renderGuests();
+      return;
+    }
+    if (!response.ok || !body) {
+      guestError.textContent = (body && body.error) || "The guest could not be invited (" + response.status + ").";
+      renderGuests();
+      return;
+    }
+    inviteForm.elements.name.value = "";
+    if (!guests.some((g) => g.guest_id === body.guest_id)) {
+      guests.push({ guest_id: body.guest_id, name: body.name, role: body.role, state: body.state || "invited", waiting_since: null, online: false });
+    }
+    linkInput.value = body.join_url;
+    guestsCard.querySelector("[data-testid=guest-link-for]").textContent = body.name;
+    guestsCard.querySelector("[data-testid=guest-link-copied]").textContent = "";
+    linkBox.hidden = false;
+    renderGuests();
+    linkInput.focus();
+    linkInput.select();
+  });
+
+  guestsCard.querySelector("[data-testid=copy-guest-link]").addEventListener("click", async () => {
+    const said = guestsCard.querySelector("[data-testid=guest-link-copied]");
+    try {
+      await navigator.clipboard.writeText(linkInput.value);
+      said.textContent = "Copied.";
+    } catch (err) {
+      linkInput.focus();
+      linkInput.select();
+      said.textContent = "Press Ctrl+C (⌘C) to copy.";
+    }
+  });
 
   setPhase(phase);
 })();

@@ -23,7 +23,8 @@
 //     onRemoteMedia({audio_only}), // the other side switched video off or on
 //     onAudioOnly(on, reason),     // ours switched; reason "user" | "bandwidth"
 //     onLowBandwidth(on, reason),  // our profile switched; reason "user" | "bandwidth"
-//     onChat({from, text, at}),    // a chat message from the other side
+//     onChat({from, text, at, name, participant}), // a chat message from another
+//                                  // participant of the call (a guest's too)
 //     onError(error),              // something failed that the page may want to log
 //   });
 //   call.start()               start (or wait for) the peer connection
@@ -41,6 +42,15 @@
 // offer back on a collision. A new `sid` in a `peer` event means a new page on the other
 // side: a new RTCPeerConnection, the impolite side offering. Each side always has one
 // audio and one video transceiver, so audio only and back never renegotiates.
+//
+// Relay mode (`call.mode == "relay"`, or a `media_mode` event during the call): the page
+// has one connection, to the server, and no negotiation with the others. Its offer holds
+// what it sends (audio, video: sendonly) and RELAY_SLOTS receiving pairs (recvonly), and
+// goes in `relay_offer`; the server answers every line at once and says, in `layout`,
+// whose picture and sound each pair carries (by mid). Someone joining or leaving changes
+// the layout, never the connection. A failed connection sends a new offer.
+// This is the two-party call, patient <-> clinician: `peer`, `signal`, `media` and
+// `quality` events about anyone else in the call (a guest) are not for this engine.
 "use strict";
 
 (function (global) {
@@ -50,6 +60,9 @@
   const ADAPT_AFTER_SAMPLES = 2; // the bandwidth estimate ramps up in the first seconds
   const WEAK_LOSS_PCT = 8; // our video, as the other side reports losing it
   const HOPELESS_LOSS_PCT = 20;
+  const RELAY_SLOTS = 3; // a call has at most 4 participants
+  const GATHER_WAIT_MS = 3000; // the relay takes one offer with its candidates
+  const P2P_FAILURES_BEFORE_RELAY = 2; // ICE restarts that failed before asking for the relay
 
   function videoConstraints(media, low) {
     const height = low && media && media.low_bandwidth_height ? media.low_bandwidth_height : 360;
@@ -71,6 +84,23 @@
     };
   }
 
+  // Resolves when ICE gathering is over, or after `ms` (the candidates found by then go).
+  function gathered(pc, ms) {
+    if (pc.iceGatheringState === "complete") return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        pc.removeEventListener("icegatheringstatechange", check);
+        resolve();
+      };
+      const check = () => {
+        if (pc.iceGatheringState === "complete") done();
+      };
+      const timer = setTimeout(done, ms);
+      pc.addEventListener("icegatheringstatechange", check);
+    });
+  }
+
   function round(value, digits) {
     if (value === null || value === undefined || !isFinite(value)) return null;
     const f = Math.pow(10, digits);
@@ -87,6 +117,7 @@
       this.iceServers = payload.ice_servers || [];
       this.media = payload.media || {};
       this.peerSid = payload.peer ? payload.peer.sid : null;
+      this.counterpart = { patient: "clinician", clinician: "patient" }[payload.role] || null;
       this.local = options.localStream || new MediaStream();
       this.audioOnly = Boolean(options.audioOnly) || this.local.getVideoTracks().length === 0;
       this.lowBandwidth = Boolean(options.lowBandwidth);
@@ -106,11 +137,11 @@
       this.hopeless = 0;
       this.previous = null;
       this.handlers = {
-        signal: (m) => this.mine(m) && this.enqueue(() => this.onSignal(m)),
-        peer: (m) => this.mine(m) && this.onPeer(m),
-        media: (m) => this.mine(m) && this.notify("onRemoteMedia", { audio_only: Boolean(m.audio_only) }),
-        quality: (m) => this.mine(m) && this.notify("onRemoteQuality", m),
-        chat: (m) => this.mine(m) && this.notify("onChat", { from: m.from, text: String(m.text), at: m.at }),
+        signal: (m) => this.theirs(m, m && m.from) && this.enqueue(() => this.onSignal(m)),
+        peer: (m) => this.theirs(m, m && m.role) && this.onPeer(m),
+        media: (m) => this.theirs(m, m && m.from) && this.notify("onRemoteMedia", { audio_only: Boolean(m.audio_only) }),
+        quality: (m) => this.theirs(m, m && m.from) && this.notify("onRemoteQuality", m),
+        chat: (m) => this.mine(m) && this.notify("onChat", { from: m.from, text: String(m.text), at: m.at, name: m.name, participant: m.participant }),
       };
       for (const name of Object.keys(this.handlers)) this.socket.on(name, this.handlers[name]);
       this.statsTimer = setInterval(() => this.sampleStats(), STATS_EVERY_MS);
@@ -119,7 +150,9 @@
     // --- public -----------------------------------------------------------------------
     start() {
       if (this.closed) return;
-      if (this.peerSid) this.connect();
+      this.notify("onMode", this.mode);
+      if (this.mode === "relay") this.connectRelay();
+      else if (this.peerSid) this.connect();
       else this.state("waiting");
       // tell the other side at once how we start
       if (this.audioOnly) this.emit("media", { visit_id: this.visitId, audio_only: true });
@@ -137,9 +170,32 @@
       this.polite = Boolean(payload.polite);
       this.peerSid = payload.peer ? payload.peer.sid : null;
       if (this.audioOnly) this.emit("media", { visit_id: this.visitId, audio_only: true });
+      if (payload.mode === "relay" && this.mode !== "relay") {
+        this.setMode("relay");
+        return;
+      }
+      if (this.mode === "relay") {
+        this.connectRelay();
+        return;
+      }
       if (this.pc) return; // an offer came first and built the new connection already
       if (this.peerSid) this.connect();
       else this.state("waiting");
+    }
+
+    // The server moved the call to its relay (a third participant, or peer-to-peer
+    // failed): drop the direct connection and connect through the server.
+    setMode(mode) {
+      mode = mode === "relay" ? "relay" : "p2p";
+      if (mode === this.mode || this.closed) return;
+      this.mode = mode;
+      this.notify("onMode", mode);
+      if (mode === "relay") this.connectRelay();
+      else if (this.peerSid) this.connect();
+      else {
+        this.dropConnection();
+        this.state("waiting");
+      }
     }
 
     async setAudioOnly(on, reason) {
@@ -204,6 +260,10 @@
       const pc = this.pc;
       if (!pc || this.closed || pc.signalingState === "closed") return;
       this.state("reconnecting");
+      if (this.mode === "relay") {
+        this.connectRelay(); // a new offer: the server replaces our connection
+        return;
+      }
       if (typeof pc.restartIce === "function") {
         pc.restartIce(); // fires negotiationneeded: an offer with new ICE credentials
       } else {
@@ -311,6 +371,7 @@
     }
 
     onPeer(message) {
+      if (this.mode === "relay") return; // the layout says who is there
       if (!message.present) {
         // The other page left the call room; if it comes back it has a new sid.
         if (message.sid === this.peerSid) this.state("waiting");
@@ -322,7 +383,7 @@
     }
 
     async onSignal(message) {
-      if (this.closed) return;
+      if (this.closed || this.mode === "relay") return;
       if (!this.pc) this.connect(); // the offer came before our own `call` answer
       const pc = this.pc;
       if (message.description) {
@@ -354,6 +415,14 @@
       const state = pc.iceConnectionState;
       clearTimeout(this.disconnectTimer);
       if (state === "failed") {
+        if (this.mode === "p2p") {
+          this.p2pFailures += 1;
+          if (this.p2pFailures >= P2P_FAILURES_BEFORE_RELAY) {
+            // Direct connection keeps failing (carrier NAT, strict firewall): the server
+            // moves the call to its relay when media.mode allows it.
+            this.emit("media_mode", { visit_id: this.visitId, want: "relay", reason: "ice_failed" });
+          }
+        }
         this.restartIce();
       } else if (state === "disconnected") {
         this.state("reconnecting");
@@ -361,8 +430,76 @@
           if (pc === this.pc && pc.iceConnectionState === "disconnected") this.restartIce();
         }, DISCONNECTED_GRACE_MS);
       } else if (state === "connected" || state === "completed") {
-        this.state("connected");
+        if (this.mode === "p2p") this.p2pFailures = 0;
+        this.state(this.mode === "relay" && !this.layoutSlots.some((s) => s.participant) ? "waiting" : "connected");
       }
+    }
+
+    // --- relay mode ---------------------------------------------------------------------------
+    connectRelay() {
+      this.dropConnection();
+      const pc = new RTCPeerConnection({ iceServers: this.iceServers, bundlePolicy: "max-bundle" });
+      this.pc = pc;
+      this.previous = null;
+      this.samples = 0;
+      this.weak = 0;
+      this.hopeless = 0;
+      this.relayStreams = new Map();
+      this.state("connecting");
+      const audio = this.local.getAudioTracks()[0];
+      const video = this.audioOnly ? null : this.local.getVideoTracks()[0];
+      this.audioTx = pc.addTransceiver(audio || "audio", { direction: "sendonly", streams: [this.local] });
+      const init = { direction: "sendonly", streams: [this.local] };
+      if (this.lowBandwidth) init.sendEncodings = [this.encoding(video)];
+      this.videoTx = pc.addTransceiver(video || "video", init);
+      for (let i = 0; i < RELAY_SLOTS; i++) {
+        pc.addTransceiver("audio", { direction: "recvonly" });
+        pc.addTransceiver("video", { direction: "recvonly" });
+      }
+      pc.oniceconnectionstatechange = () => this.onIceState(pc);
+      pc.onconnectionstatechange = () => {
+        if (pc === this.pc && pc.connectionState === "failed") this.restartIce();
+      };
+      this.enqueue(async () => {
+        if (pc !== this.pc) return;
+        await pc.setLocalDescription(await pc.createOffer());
+        await gathered(pc, GATHER_WAIT_MS);
+        if (pc !== this.pc) return;
+        const ack = await this.request("relay_offer", { visit_id: this.visitId, sdp: pc.localDescription.sdp });
+        if (pc !== this.pc) return;
+        await pc.setRemoteDescription({ type: "answer", sdp: ack.sdp });
+        this.applyLayout(ack.slots || []);
+        await this.applyProfile();
+      });
+      return pc;
+    }
+
+    applyLayout(slots) {
+      const pc = this.pc;
+      this.layoutSlots = Array.isArray(slots) ? slots : [];
+      if (!pc) return;
+      const byMid = new Map();
+      for (const tx of pc.getTransceivers()) if (tx.mid !== null) byMid.set(tx.mid, tx);
+      const seen = [];
+      for (const slot of this.layoutSlots) {
+        if (!slot || !slot.participant) continue;
+        const key = slot.participant + "/" + (slot.mids ? slot.mids.video + "," + slot.mids.audio : "");
+        let stream = this.relayStreams.get(key);
+        if (!stream) {
+          stream = new MediaStream();
+          for (const kind of ["audio", "video"]) {
+            const tx = slot.mids ? byMid.get(slot.mids[kind]) : null;
+            if (tx && tx.receiver && tx.receiver.track) stream.addTrack(tx.receiver.track);
+          }
+          this.relayStreams.set(key, stream);
+        }
+        seen.push({ participant: slot.participant, role: slot.role || null, name: slot.name || "", stream });
+      }
+      if (pc.iceConnectionState === "connected" || pc.iceConnectionState === "completed") {
+        this.state(seen.length ? "connected" : "waiting");
+      }
+      this.notify("onParticipants", seen);
+      if (seen.length) this.notify("onRemoteStream", seen[0].stream);
     }
 
     // --- the low-bandwidth profile -------------------------------------------------------
@@ -481,6 +618,11 @@
     // --- plumbing ---------------------------------------------------------------------------
     mine(message) {
       return !this.closed && message && message.visit_id === this.visitId;
+    }
+
+    // About the other side of this two-party call (not a guest's).
+    theirs(message, role) {
+      return this.mine(message) && (!this.counterpart || role === this.counterpart);
     }
 
     enqueue(work) {

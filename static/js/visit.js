@@ -4,6 +4,10 @@
 // through `_()`: the page carries its translations as JSON (#visit-i18n), taken from the
 // same gettext catalogue as the template (pybabel extracts the `_("...")` calls here).
 // Text from the network is shown with textContent, never as HTML.
+// A guest's link (an interpreter, family, a colleague) opens the same room in guest mode
+// (#visit's data-guest-role): the pass is the `telemed_guest` cookie, there is no place in
+// line, and in the call the page shows the people in it and the messages (no WebRTC here:
+// media for three or more people goes through the clinic's relay).
 "use strict";
 
 (function () {
@@ -21,6 +25,7 @@
   }
 
   const $ = (id) => document.getElementById(id);
+  const GUEST = root.dataset.guestRole || ""; // "" for the patient
   const PINGS = 5; // the first warms the connection up and is not counted
   const UPLOAD_SIZES = [64 * 1024, 384 * 1024];
   const UPLOAD_ENOUGH_MS = 2500; // a slower sample is estimate enough: spare the data
@@ -368,6 +373,7 @@
   }
 
   function sendPrecheck() {
+    if (GUEST) return; // the doctor's queue shows the patient's check only
     if (!s.recommendation || s.precheckSent || !s.socket || !s.socket.connected) return;
     s.precheckSent = true;
     s.socket.emit(
@@ -424,7 +430,7 @@
       transports: ["websocket", "polling"],
       reconnectionDelayMax: 10000,
       // checking the camera is not yet arriving: the queue shows the patient from Join on
-      auth: (send) => send({ arrive: s.joined }),
+      auth: (send) => send(GUEST ? { arrive: s.joined, guest: true } : { arrive: s.joined }),
     });
     s.socket = socket;
     socket.on("connect", () => {
@@ -455,8 +461,15 @@
     socket.on("call", onCallPayload);
     socket.on("call_over", (m) => {
       if (m && m.reason === "ended") end();
+      else if (m && m.reason === "removed") removed();
       else leaveCall(true);
     });
+    if (GUEST) {
+      socket.on("peer", onGuestPeer);
+      socket.on("chat", (m) => {
+        if (m && m.visit_id === s.visitId && s.inCall) addChat(m.from, m.text, false, m.name);
+      });
+    }
   }
 
   function arrive() {
@@ -478,16 +491,18 @@
     if (!v || s.ended) return;
     s.visitState = v.state;
     const place = Number(v.place) || 0;
-    $("place").textContent = place > 0 ? String(place) : "–";
+    if ($("place")) $("place").textContent = place > 0 ? String(place) : "–";
     const message = $("clinic-message");
     message.textContent = v.message || "";
     message.hidden = !v.message;
     if (v.state === "in_call") {
       s.joined = true;
       enterCall();
-    } else if (v.state === "waiting" || v.state === "scheduled") {
+    } else if (v.state === "waiting" || v.state === "scheduled" || v.state === "invited") {
       if (s.inCall) leaveCall(true);
       else if (s.joined) show("waiting");
+    } else if (v.state === "removed") {
+      removed();
     } else {
       end(); // ended, cancelled, no_show: the link is dead
     }
@@ -502,7 +517,7 @@
     stopMeter();
     show("call");
     try {
-      await startDevices();
+      if (!GUEST) await startDevices();
       const answer = await new Promise((resolve, reject) => {
         s.socket.timeout(ACK_TIMEOUT_MS).emit("join_call", {}, (err, ack) => {
           if (err) reject(err);
@@ -522,6 +537,10 @@
   function onCallPayload(payload) {
     if (!payload || !s.socket || s.callFor === s.socket.id || s.ended) return;
     s.callFor = s.socket.id;
+    if (GUEST) {
+      guestCall(payload);
+      return;
+    }
     if (s.call) {
       s.call.rejoin(payload);
       return;
@@ -551,7 +570,7 @@
         pressed("toggle-data", on);
         if (reason === "bandwidth") callNote(_("Your connection is slow, so we lowered the picture quality."));
       },
-      onChat: (m) => addChat(m.from, m.text, false),
+      onChat: (m) => addChat(m.from, m.text, false, m.name),
       onError: (err) => console.warn("call:", err && err.message ? err.message : err),
     });
     s.call = call;
@@ -560,6 +579,54 @@
     pressed("toggle-mic", false);
     showSelf(stream);
     call.start();
+  }
+
+  // --- a guest in the call: who is there, and the messages ------------------------------------
+  function guestCall(payload) {
+    // nothing is sent from here until the clinic's relay carries a guest's media: the
+    // camera and microphone of the pre-call check are let go
+    if (s.stream) s.stream.getTracks().forEach((t) => t.stop());
+    s.stream = null;
+    s.devices = null;
+    s.people = {};
+    for (const p of payload.participants || []) s.people[p.participant] = p;
+    $("quality").textContent = "";
+    showPeople();
+  }
+
+  function onGuestPeer(m) {
+    if (!m || m.visit_id !== s.visitId || !s.inCall || !s.people) return;
+    if (m.present) s.people[m.participant] = m;
+    else if (s.people[m.participant] && s.people[m.participant].sid === m.sid) delete s.people[m.participant];
+    showPeople();
+  }
+
+  function showPeople() {
+    const list = $("participants");
+    if (!list) return;
+    list.replaceChildren();
+    const rank = (p) => (p.role === "clinician" ? 0 : p.role === "patient" ? 1 : 2);
+    const people = Object.values(s.people || {}).sort((a, b) => rank(a) - rank(b));
+    for (const p of people) {
+      const item = document.createElement("li");
+      item.dataset.participant = p.participant;
+      item.textContent = p.name || "";
+      const what = document.createElement("span");
+      what.className = "what";
+      what.textContent = describe(p.role, p.guest_role);
+      item.appendChild(what);
+      list.appendChild(item);
+    }
+  }
+
+  function describe(role, guestRole) {
+    if (role === "clinician") return _("Doctor");
+    if (role === "patient") return _("Patient");
+    return { interpreter: _("Interpreter"), family: _("Family member"), colleague: _("Colleague") }[guestRole] || "";
+  }
+
+  function removed() {
+    refuse(_("The clinic removed you from this visit. The link no longer works."));
   }
 
   function showRemote(stream) {
@@ -622,12 +689,16 @@
     $(id).setAttribute("aria-pressed", String(Boolean(on)));
   }
 
-  function addChat(from, text, mine) {
+  function addChat(from, text, mine, name) {
     const item = document.createElement("li");
     item.className = mine ? "mine" : "theirs";
     const who = document.createElement("span");
     who.className = "who";
-    who.textContent = mine ? _("You") : from === "clinician" ? _("Doctor") : _("Clinic");
+    if (mine) who.textContent = _("You");
+    else if (from === "clinician") who.textContent = _("Doctor");
+    else if (from === "guest" && name) who.textContent = name;
+    else if (from === "patient") who.textContent = _("Patient");
+    else who.textContent = _("Clinic");
     item.appendChild(who);
     item.appendChild(document.createTextNode(String(text)));
     const log = $("chat-log");
@@ -638,6 +709,7 @@
   function leaveCall(sentBack) {
     if (s.call) s.call.close();
     s.call = null;
+    s.people = null;
     s.inCall = false;
     s.callFor = null;
     $("remote").srcObject = null;
@@ -690,8 +762,8 @@
     event.preventDefault();
     const input = $("chat-text");
     const text = input.value.trim();
-    if (!text || !s.call) return;
-    s.call.sendChat(text).then(
+    if (!text || !(s.call || (GUEST && s.inCall))) return;
+    (s.call ? s.call.sendChat(text) : guestChat(text)).then(
       () => {
         addChat("patient", text, true);
         input.value = "";
@@ -699,6 +771,19 @@
       () => callNote(_("Your message was not sent. Try again."))
     );
   });
+
+  function guestChat(text) {
+    return new Promise((resolve, reject) => {
+      if (!s.socket || !s.socket.connected) {
+        reject(new Error("not connected"));
+        return;
+      }
+      s.socket.timeout(ACK_TIMEOUT_MS).emit("chat", { text: text }, (err, ack) => {
+        if (err || !ack || ack.ok === false) reject(err || new Error((ack && ack.error) || "refused"));
+        else resolve(ack);
+      });
+    });
+  }
 
   showWhen();
   if (root.dataset.returning === "true") {

@@ -252,6 +252,9 @@ class Store(Protocol):
 
     async def find_visit_by_link(self, link_hash: str) -> Visit | None: ...
 
+    async def find_visit_by_guest_link(self, link_hash: str) -> Visit | None:
+        """The visit one of whose guests' join links has this hash."""
+
     async def replace_visit(self, visit: Visit) -> bool:
         """Store `visit` in place of the stored one if that is at `visit.version - 1`
         (compare and set, across processes); False, changing nothing, otherwise."""

@@ -276,6 +276,14 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX break_glass_by_patient ON break_glass (patient_id, opened_at);
     """,
+    # 6: the join links of a visit's guests (the guests themselves are in the visit's doc)
+    """
+    CREATE TABLE visit_guest_links (
+        link_hash TEXT PRIMARY KEY,
+        visit_id TEXT NOT NULL REFERENCES visits (id)
+    ) WITHOUT ROWID;
+    CREATE INDEX visit_guest_links_by_visit ON visit_guest_links (visit_id);
+    """,
 )
 
 
@@ -1203,19 +1211,7 @@ class SqliteStore:
 
     # visits ----------------------------------------------------------------------
     async def add_visit(self, visit: Visit) -> None:
-        await self.write(
-            "INSERT INTO visits VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                visit.id,
-                visit.patient_id,
-                visit.clinician_id,
-                visit.state.value,
-                _t(visit.scheduled_at),
-                visit.link_hash,
-                visit.version,
-                json.dumps(visit_to_doc(visit)),
-            ),
-        )
+        await self._run(self._put_visit, visit, True)
 
     async def get_visit(self, visit_id: str) -> Visit | None:
         rows = await self.rows("SELECT doc FROM visits WHERE id = ?", (visit_id,))
@@ -1225,13 +1221,30 @@ class SqliteStore:
         rows = await self.rows("SELECT doc FROM visits WHERE link_hash = ?", (link_hash,))
         return visit_from_doc(json.loads(rows[0]["doc"])) if rows else None
 
+    async def find_visit_by_guest_link(self, link_hash: str) -> Visit | None:
+        rows = await self.rows(
+            "SELECT v.doc FROM visit_guest_links g JOIN visits v ON v.id = g.visit_id"
+            " WHERE g.link_hash = ?",
+            (link_hash,),
+        )
+        return visit_from_doc(json.loads(rows[0]["doc"])) if rows else None
+
     async def replace_visit(self, visit: Visit) -> bool:
         try:
-            changed = await self.write(
-                "UPDATE visits SET patient_id = ?, clinician_id = ?, state = ?,"
-                " scheduled_at = ?, link_hash = ?, version = ?, doc = ?"
-                " WHERE id = ? AND version = ?",
-                (
+            return await self._run(self._put_visit, visit, False)
+        except Conflict:  # a new link's hash is taken: never, for a 256-bit token
+            return False
+
+    def _put_visit(self, visit: Visit, insert: bool) -> bool:
+        """Insert the visit, or replace it at `visit.version - 1`, with its guests' links,
+        in one transaction (or within the caller's: a restore loads in one)."""
+        conn = self.conn
+        own = not conn.in_transaction
+        try:
+            if own:
+                conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = (
                     visit.patient_id,
                     visit.clinician_id,
                     visit.state.value,
@@ -1239,13 +1252,38 @@ class SqliteStore:
                     visit.link_hash,
                     visit.version,
                     json.dumps(visit_to_doc(visit)),
-                    visit.id,
-                    visit.version - 1,
-                ),
-            )
-        except Conflict:  # the new link's hash is taken: never, for a 256-bit token
-            return False
-        return bool(changed)
+                )
+                if insert:
+                    conn.execute(
+                        "INSERT INTO visits VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (visit.id, *row)
+                    )
+                else:
+                    changed = conn.execute(
+                        "UPDATE visits SET patient_id = ?, clinician_id = ?, state = ?,"
+                        " scheduled_at = ?, link_hash = ?, version = ?, doc = ?"
+                        " WHERE id = ? AND version = ?",
+                        (*row, visit.id, visit.version - 1),
+                    ).rowcount
+                    if not changed:
+                        if own:
+                            conn.execute("ROLLBACK")
+                        return False
+                    conn.execute("DELETE FROM visit_guest_links WHERE visit_id = ?", (visit.id,))
+                conn.executemany(
+                    "INSERT INTO visit_guest_links VALUES (?, ?)",
+                    [(g.link_hash, visit.id) for g in visit.guests],
+                )
+                if own:
+                    conn.execute("COMMIT")
+                return True
+            except BaseException:
+                if own and conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.IntegrityError as exc:
+            raise Conflict(str(exc)) from exc
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(str(exc)) from exc
 
     async def list_visits(
         self,

@@ -1,4 +1,5 @@
-"""Video visits for the clinic: book, list, re-send the link, cancel; the call view page.
+"""Video visits for the clinic: book, list, re-send the link, cancel; invite and remove
+guests; the call view page.
 
 The rules and the audit live in `telemed.reception.Reception`. A join link is shown once,
 in the answer that creates it; the clinic re-issues one (the old one dies) if it is lost.
@@ -11,10 +12,10 @@ from datetime import datetime
 from aiohttp import web
 
 from telemed.accounts import Role
-from telemed.api_json import patient_json, visit_json
+from telemed.api_json import guest_json, patient_json, visit_json
 from telemed.clock import truncate
 from telemed.errors import ValidationError
-from telemed.reception import booking_json
+from telemed.reception import booking_json, invitation_json
 from telemed.web.auth import render, require
 from telemed.web.keys import RECEPTION, RECORDS, SETTINGS, STORE, VISIT_ROOMS
 from telemed.web.middleware import actor
@@ -98,6 +99,34 @@ async def reissue_link(request: web.Request) -> web.Response:
     return web.json_response(data, headers={"Cache-Control": "no-store"})
 
 
+@routes.post("/api/visits/{visit_id}/guests")
+async def invite_guest(request: web.Request) -> web.Response:
+    """Invite a guest (`{"role", "name"}`): their own join link, shown once."""
+    await require(request, *CLINICIANS)
+    body = await json_object(request, ("role", "name"))
+    for key in ("role", "name"):
+        if key not in body:
+            raise ValidationError(key, "is required")
+    invitation = await request.app[RECEPTION].invite(
+        actor(request), request.match_info["visit_id"], role=body["role"], name=body["name"]
+    )
+    await request.app[VISIT_ROOMS].visit_changed(invitation.visit)
+    full = invitation_json(invitation, request.app[SETTINGS].base_url)
+    data = {k: full[k] for k in ("guest_id", "role", "name", "join_url", "expires_at", "state")}
+    return web.json_response(data, status=201, headers={"Cache-Control": "no-store"})
+
+
+@routes.delete("/api/visits/{visit_id}/guests/{guest_id}")
+async def remove_guest(request: web.Request) -> web.Response:
+    """Remove a guest: their link and pass die, and they leave the call."""
+    await require(request, *CLINICIANS)
+    visit, guest = await request.app[RECEPTION].remove_guest(
+        actor(request), request.match_info["visit_id"], request.match_info["guest_id"]
+    )
+    await request.app[VISIT_ROOMS].guest_removed(visit, guest)
+    return web.json_response(guest_json(guest))
+
+
 @routes.post("/api/visits/{visit_id}/cancel")
 async def cancel_visit(request: web.Request) -> web.Response:
     await require(request, *CLINICIANS)
@@ -127,9 +156,16 @@ async def call_view(request: web.Request) -> web.Response:
     )
     patient = await reception.patient(visit)
     policy = request.app[RECORDS].policy
+    shown = visit_json(visit)
     context = {
-        "visit": visit_json(visit),
+        "visit": shown,
         "patient": patient_json(patient),
+        "guests": [
+            {k: g[k] for k in ("guest_id", "name", "role", "state", "waiting_since", "online")}
+            for g in shown["guests"]
+            if g["state"] != "removed"
+        ],
+        "max_guests": reception.policy.max_participants - 2,
         "columns": DASHBOARD,
         "record": {
             "can_sign": user.role is Role.DOCTOR,

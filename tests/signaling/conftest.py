@@ -225,6 +225,10 @@ class Sockets:
         cookie = booked.cookie if isinstance(booked, Booked) else booked
         return await self._open(f"telemed_visit={cookie}", **options)
 
+    async def guest(self, cookie: str, **options: Any) -> VisitSocket:
+        """A guest's page: `cookie` is the value of `telemed_guest`."""
+        return await self._open(f"telemed_guest={cookie}", **options)
+
     async def clinician(self, email: str) -> VisitSocket:
         session = (await login(self.client, email)).cookies[sessions.COOKIE].value
         return await self._open(f"{sessions.COOKIE}={session}")

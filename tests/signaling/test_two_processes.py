@@ -217,7 +217,13 @@ async def test_a_visit_split_across_two_processes(
     await patient.until("visit", lambda v: v["state"] == "in_call")  # across Redis
     joined = await patient.call("join_call", {})
     assert joined["ok"], joined
-    assert joined["peer"] == {"role": "clinician", "sid": doctor.sid}  # the shared roster
+    peer = joined["peer"]  # the shared roster; the name from the store (another process)
+    assert (peer["role"], peer["participant"], peer["sid"]) == (
+        "clinician",
+        "clinician",
+        doctor.sid,
+    )
+    assert peer["name"]
     assert (await doctor.until("peer", lambda p: p["present"]))["sid"] == patient.sid
 
     offer = {"type": "offer", "sdp": "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\n"}

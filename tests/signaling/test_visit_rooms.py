@@ -113,12 +113,22 @@ async def test_a_visit_from_the_waiting_room_through_the_call_to_its_end(
     assert joined["ok"] is True
     assert joined["role"] == "patient"
     assert joined["polite"] is True
-    assert joined["peer"] == {"role": "clinician", "sid": doctor.sid}
+    assert joined["participant"] == "patient"
+    assert joined["name"] == people.patient_1.name
+    assert joined["peer"] == {
+        "role": "clinician",
+        "participant": "clinician",
+        "name": people.doctor_a.name,
+        "sid": doctor.sid,
+    }
+    assert joined["participants"] == [joined["peer"]]
     arrived = await doctor.until("peer", lambda p: p["present"])
     assert arrived == {
         "visit_id": booked.id,
         "present": True,
         "role": "patient",
+        "participant": "patient",
+        "name": people.patient_1.name,
         "sid": patient.sid,
     }
 
@@ -141,6 +151,8 @@ async def test_a_visit_from_the_waiting_room_through_the_call_to_its_end(
     assert heard == {
         "visit_id": booked.id,
         "from": "patient",
+        "participant": "patient",
+        "name": people.patient_1.name,
         "text": "I can hear you",
         "at": said["at"],
     }
@@ -205,7 +217,7 @@ async def test_send_back_keeps_the_place_and_the_doctor_can_admit_again(
     assert again["ok"]
     await one.until("visit", lambda v: v["state"] == "in_call")
     rejoined = await one.call("join_call", {})
-    assert rejoined["peer"] == {"role": "clinician", "sid": doctor.sid}
+    assert (rejoined["peer"]["role"], rejoined["peer"]["sid"]) == ("clinician", doctor.sid)
     assert (await one.call("signal", {"candidate": candidate(2)}))["ok"]
     assert (await doctor.next("signal"))["candidate"] == candidate(2)
     stored = await client.app[STORE].get_visit(first.id)
@@ -249,12 +261,19 @@ async def test_a_reconnect_keeps_the_place_and_brings_an_in_call_patient_back(
 
     await one.close()  # the page reloads
     left = await doctor.until("peer", lambda p: not p["present"])
-    assert left == {"visit_id": first.id, "present": False, "role": "patient", "sid": old_sid}
+    assert left == {
+        "visit_id": first.id,
+        "present": False,
+        "role": "patient",
+        "participant": "patient",
+        "name": people.patient_1.name,
+        "sid": old_sid,
+    }
     one = await sockets.patient(first)
     assert (await one.next("visit"))["state"] == "in_call"
     joined = await one.call("join_call", {})
     assert joined["ok"]
-    assert joined["peer"] == {"role": "clinician", "sid": doctor.sid}
+    assert (joined["peer"]["role"], joined["peer"]["sid"]) == ("clinician", doctor.sid)
     back = await doctor.until("peer", lambda p: p["present"])
     assert back["sid"] == one.sid != old_sid  # a new page: the doctor starts a new connection
     assert (await doctor.call("signal", {"visit_id": first.id, "description": OFFER}))["ok"]
@@ -266,7 +285,7 @@ async def test_a_reconnect_keeps_the_place_and_brings_an_in_call_patient_back(
     doctor = await sockets.clinician(people.doctor_a.email)
     opened = await doctor.call("open", {"visit_id": first.id})
     assert opened["ok"]
-    assert opened["peer"] == {"role": "patient", "sid": one.sid}
+    assert (opened["peer"]["role"], opened["peer"]["sid"]) == ("patient", one.sid)
     assert (await one.until("peer", lambda p: p["present"]))["sid"] == doctor.sid
 
 

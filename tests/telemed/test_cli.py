@@ -655,3 +655,50 @@ def test_visit_create_refuses_what_is_wrong_and_names_it(cli: Cli) -> None:
         assert expected in done.err, done.err
     assert cli("visit", "cancel", "nosuchvisit").code == 2
     assert cli("visit", "list", "--json").json() == {"visits": []}
+
+
+def test_visit_invite_prints_the_guests_join_link_once(cli: Cli) -> None:
+    doctor = add_user(cli, "doctor", "doc@example.org")
+    patient = add_user(cli, "patient", "pat@example.org")
+    assert cli("care-team", "add", "--patient", patient, "--clinician", doctor).code == 0
+    visit = cli("visit", "create", "--patient", patient, "--doctor", doctor, "--json").json()
+
+    made = cli(
+        "visit", "invite", "--visit", visit["visit_id"], "--role", "interpreter",
+        "--name", "Ines Ortiz", "--json",
+    )  # fmt: skip
+    assert made.code == 0, made.err
+    guest = made.json()
+    assert re.fullmatch(r"[0-9a-f]{32}", guest["guest_id"])
+    assert re.fullmatch(r"http://127\.0\.0\.1:8080/v/[A-Za-z0-9_-]{43}", guest["join_url"])
+    assert guest["join_url"] != visit["join_url"]
+    assert (guest["role"], guest["name"], guest["state"]) == (
+        "interpreter",
+        "Ines Ortiz",
+        "invited",
+    )
+    assert guest["expires_at"] == visit["link_expires_at"]
+
+    human = cli(
+        "visit", "invite", "--visit", visit["visit_id"], "--role", "family", "--name", "Fran"
+    )
+    assert human.code == 0, human.err
+    assert "join_url" in human.out
+    assert re.search(r"guest_id\s+[0-9a-f]{32}", human.out)
+    listed = cli("visit", "list", "--patient", patient, "--json").json()["visits"]
+    assert [g["name"] for g in listed[0]["guests"]] == ["Ines Ortiz", "Fran"]
+    assert "join_url" not in str(listed)
+
+    full = cli(
+        "visit", "invite", "--visit", visit["visit_id"], "--role", "colleague", "--name", "X"
+    )
+    assert full.code == 2
+    assert "guests: a call has at most 4 participants" in full.err
+    for args, expected in [
+        (("--role", "plumber", "--name", "X"), "role: must be one of interpreter, family"),
+        (("--role", "family", "--name", " "), "name: is required"),
+    ]:
+        done = cli("visit", "invite", "--visit", visit["visit_id"], *args)
+        assert done.code == 2, done
+        assert expected in done.err, done.err
+    assert cli("visit", "invite", "--visit", "nosuch", "--role", "family", "--name", "X").code == 2

@@ -11,6 +11,9 @@ import pytest
 from telemed.errors import Conflict
 from telemed.store import Store
 from telemed.visits import (
+    Guest,
+    GuestRole,
+    GuestState,
     PreCheck,
     QualitySample,
     Recommendation,
@@ -105,3 +108,36 @@ async def test_lists_filter_and_order_by_time_then_id(store: Store) -> None:
     assert [v.id for v in open_] == ["v1", "v2", "v3"]
     assert await store.list_visits(states=set()) == []
     assert [v.id for v in await store.list_visits(states={VisitState.ENDED})] == ["v5"]
+
+
+def guest(n: int, state: GuestState = GuestState.INVITED) -> Guest:
+    return Guest(
+        id=f"g{n}",
+        role=GuestRole.FAMILY,
+        name=f"Guest {n}",
+        link_hash=secret_hash(f"guest-{n}"),
+        link_expires_at=T0 + timedelta(hours=24),
+        invited_at=T0,
+        invited_by="c1",
+        state=state,
+    )
+
+
+async def test_a_visit_is_found_by_any_of_its_guests_links(store: Store) -> None:
+    with_guests = visit(1).with_guest(guest(1)).with_guest(guest(2, GuestState.REMOVED))
+    await store.add_visit(with_guests)
+    await store.add_visit(visit(2))
+    assert await store.find_visit_by_guest_link(secret_hash("guest-1")) == with_guests
+    assert await store.find_visit_by_guest_link(secret_hash("guest-2")) == with_guests
+    assert await store.find_visit_by_guest_link(secret_hash("guest-3")) is None
+    assert await store.find_visit_by_guest_link(secret_hash("token-1")) is None  # the patient's
+    assert await store.find_visit_by_link(secret_hash("guest-1")) is None
+
+    invited = dataclasses.replace(with_guests.with_guest(guest(3)), version=2)
+    assert await store.replace_visit(invited)
+    assert await store.find_visit_by_guest_link(secret_hash("guest-3")) == invited
+    assert await store.find_visit_by_guest_link(secret_hash("guest-1")) == invited
+    stale = dataclasses.replace(visit(1).with_guest(guest(4)), version=2)
+    assert not await store.replace_visit(stale)  # lost the compare and set: nothing changed
+    assert await store.find_visit_by_guest_link(secret_hash("guest-4")) is None
+    assert await store.get_visit("v1") == invited
