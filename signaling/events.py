@@ -251,3 +251,44 @@ def parse_quality(data: Mapping[str, Any], *, visit_required: bool) -> Quality:
         kbps_out=_number(data, "kbps_out", KBPS_MAX),
         audio_only=_bool(data, "audio_only"),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class RelayOffer:
+    visit_id: str | None
+    sdp: str
+
+
+def parse_relay_offer(data: Mapping[str, Any], *, visit_required: bool) -> RelayOffer:
+    """`{"visit_id", "sdp"}`: a page's offer to the server's relay."""
+    required, optional = _with_visit(visit_required)
+    _fields(data, required | {"sdp"}, optional)
+    return RelayOffer(visit_id(data, required=visit_required), _text(data, "sdp", SDP_MAX))
+
+
+MODE_REASONS = frozenset({"ice_failed"})
+
+
+def parse_mode_request(data: Mapping[str, Any], *, visit_required: bool) -> str | None:
+    """`{"visit_id", "want": "relay", "reason": "ice_failed"}`: a page whose peer-to-peer
+    connection keeps failing asks for the relay. Returns the visit id (if named)."""
+    required, optional = _with_visit(visit_required)
+    _fields(data, required | {"want", "reason"}, optional)
+    if _text(data, "want", 16) != "relay":
+        raise EventRefused("want: expected relay")
+    if _text(data, "reason", 32) not in MODE_REASONS:
+        raise EventRefused(f"reason: expected one of {', '.join(sorted(MODE_REASONS))}")
+    return visit_id(data, required=visit_required)
+
+
+@dataclass(frozen=True, slots=True)
+class Consent:
+    visit_id: str | None
+    given: bool
+
+
+def parse_consent(data: Mapping[str, Any], *, visit_required: bool) -> Consent:
+    """`{"visit_id", "consent": bool}`: agree to recording the call, or withdraw."""
+    required, optional = _with_visit(visit_required)
+    _fields(data, required | {"consent"}, optional)
+    return Consent(visit_id(data, required=visit_required), _bool(data, "consent"))

@@ -42,7 +42,6 @@ class RelayOff(Exception):
 
 
 Emit = Callable[[str, dict[str, Any], str], Awaitable[None]]  # event, payload, to (a sid)
-Describe = Callable[[str, str], dict[str, Any]]  # visit id, participant -> role, name
 
 
 @dataclass(eq=False)
@@ -50,6 +49,7 @@ class _Visit:
     mode: MediaMode
     room: RelayRoom | None = None
     sids: dict[str, str] = field(default_factory=dict)  # participant -> the offering socket
+    who: dict[str, dict[str, Any]] = field(default_factory=dict)  # participant -> role, name
     recording: CallRecording | None = None
 
 
@@ -59,12 +59,10 @@ class RelayDesk:
         mode: MediaMode,
         *,
         emit: Emit,
-        describe: Describe,
         recordings: Path,
     ) -> None:
         self.mode = mode
         self._emit = emit
-        self._describe = describe
         self._recordings = recordings
         self._visits: dict[str, _Visit] = {}
         self._sending: set[asyncio.Future[None]] = set()
@@ -103,8 +101,10 @@ class RelayDesk:
         sid: str,
         sdp: str,
         ice_servers: list[dict[str, Any]],
+        who: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """A participant's relay offer: `{"sdp": answer, "slots": layout}`."""
+        """A participant's relay offer: `{"sdp": answer, "slots": layout}`. `who` (role,
+        name...) goes with the participant's slot in the others' layouts."""
         visit = self._visit(visit_id)
         if visit.mode is not MediaMode.RELAY:
             raise RelayRefused("this visit's media goes peer to peer: no relay offer is expected")
@@ -115,15 +115,14 @@ class RelayDesk:
                 on_layout=lambda who, slots: self._layout_changed(visit_id, who, slots),
             )
         visit.sids[participant] = sid
+        visit.who[participant] = dict(who or {})
         answer = await visit.room.connect(participant, sdp)
         return {"sdp": answer, "slots": self._slots(visit_id, visit.room.layout(participant))}
 
     def _slots(self, visit_id: str, layout: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        slots = []
-        for slot in layout:
-            who = slot["participant"]
-            slots.append({**slot, **(self._describe(visit_id, who) if who else {})})
-        return slots
+        visit = self._visits.get(visit_id)
+        known = visit.who if visit is not None else {}
+        return [{**known.get(slot["participant"] or "", {}), **slot} for slot in layout]
 
     def _layout_changed(
         self, visit_id: str, participant: str, layout: list[dict[str, Any]]

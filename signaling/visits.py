@@ -28,24 +28,30 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import socketio
 from aiohttp import web
 
+from media.relay import RelayRefused
 from signaling.bucket import Limiter
 from signaling.events import (
     EventRefused,
     parse_chat,
+    parse_consent,
     parse_guest_ref,
     parse_join_call,
     parse_media,
+    parse_mode_request,
     parse_precheck,
     parse_quality,
+    parse_relay_offer,
     parse_signal,
     parse_visit_ref,
     payload,
 )
+from signaling.relay_desk import MediaMode, RelayDesk, RelayOff
 from signaling.roster import Roster
 from telemed import sessions
 from telemed.accounts import User
@@ -53,7 +59,7 @@ from telemed.api_json import media_json, observation_json, optional_iso, prechec
 from telemed.clinic import Actor
 from telemed.clock import iso
 from telemed.errors import Forbidden, NotFound, StoreUnavailable, ValidationError
-from telemed.reception import LinkRefused, Reception
+from telemed.reception import LinkRefused, Reception, patient_actor
 from telemed.settings import Settings
 from telemed.store import Store
 from telemed.turn import ice_servers
@@ -71,7 +77,7 @@ from telemed.visits import (
     parse_visit_cookie,
 )
 from telemed.visits import places as places_of
-from telemed.web.keys import CLOCK, MONITOR, RECEPTION, STORE
+from telemed.web.keys import CLOCK, MONITOR, RECEPTION, RECORDS, STORE
 from telemed.web.middleware import session_user, source_address
 
 log = logging.getLogger(__name__)
@@ -168,6 +174,11 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
         self.limits = settings.signaling
         self.webrtc = settings.webrtc
         self.media = media_json(settings.visits)
+        self.relay = RelayDesk(
+            MediaMode(settings.media.mode),
+            emit=self._emit_to,
+            recordings=settings.var_dir / "recordings",
+        )
         self.ticks: Callable[[], float] = time.monotonic  # rate limits (tests replace it)
         self._peers: dict[str, Peer] = {}
         self._queue_locks: dict[str, asyncio.Lock] = {}
@@ -187,6 +198,9 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
             "chat": (None, self._chat),
             "media": (None, self._media),
             "quality": (None, self._quality),
+            "relay_offer": (None, self._relay_offer),
+            "media_mode": (None, self._mode_request),
+            "recording_consent": (PATIENTS | CLINICIANS, self._recording_consent),
         }
 
     @property
@@ -404,6 +418,7 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
 
     async def _leave_seat(self, peer: Peer, visit_id: str) -> None:
         peer.seats.discard(visit_id)
+        await self.relay.leave(visit_id, peer.participant, peer.sid)
         if await self.roster.leave_seat(visit_id, peer.seat, peer.sid):
             await self.emit(
                 "peer",
@@ -511,6 +526,11 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
         """waiting -> in_call, into a call in progress: the guest gets `visit` (in_call)
         and joins the call themselves (`join_call`)."""
         visit_id, guest_id = parse_guest_ref(data)
+        if not self.relay.can_relay():
+            return refusal(
+                "guests need the relay to see and hear the call, and media.mode is p2p on "
+                "this server"
+            )
         visit, guest = await self.reception.admit_guest(await self._actor(peer), visit_id, guest_id)
         await self._publish(visit.clinician_id, changed=visit.id)
         return _guest_answer(visit, guest)
@@ -552,6 +572,7 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
             {"visit_id": visit_id, "reason": reason},
             room=guest_room(visit_id, guest.id),
         )
+        await self.relay.leave(visit_id, guest.id)
         if sid is None:
             return
         await self.leave_room(sid, call_room(visit_id))  # in whichever process it is
@@ -594,6 +615,13 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
             await self.leave_room(peer.sid, pair_room(visit_id))
             await self._leave_seat(peer, visit_id)
             return refusal("the call is over")
+        if peer.role == GUEST:
+            try:  # a third participant: only the relay carries everyone to everyone
+                await self._to_relay(visit_id, "a guest joined the call")
+            except RelayOff as exc:
+                await self.leave_room(peer.sid, room)
+                await self._leave_seat(peer, visit_id)
+                return refusal(str(exc))
         await self.emit(
             "peer",
             {"visit_id": visit_id, "present": True, **peer.described(), "sid": peer.sid},
@@ -612,6 +640,8 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
             "media": self.media,
             "peer": next((p for p in participants if p["participant"] == other_seat), None),
             "participants": sorted(participants, key=_participant_order),
+            "mode": self.relay.mode_of(visit_id).value,
+            "recording": self.relay.recording(visit_id),
         }
         await self.emit("call", call, to=peer.sid)
         return {"ok": True, **call}
@@ -652,7 +682,16 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
 
     async def _close_call(self, visit_id: str, reason: str) -> None:
         room = call_room(visit_id)
+        if self.relay.recording(visit_id):
+            await self._tell_recording(visit_id, False)
         await self.emit("call_over", {"visit_id": visit_id, "reason": reason}, room=room)
+        if reason == "ended":
+            files = await self.relay.end(visit_id)
+        else:
+            files = await self.relay.close_room(visit_id)
+        visit = await self.store.get_visit(visit_id)
+        if visit is not None:
+            await self._keep_recording(visit, files)
         await self.roster.clear_call(visit_id)
         await self.close_room(room)  # in every process, through the Redis manager
         await self.close_room(pair_room(visit_id))
@@ -761,6 +800,103 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
             await self.reception.record_quality(visit_id, sample)
             return {"ok": True, "stored": True}
         return {"ok": True, "stored": False}
+
+    # the relay, and recording --------------------------------------------------------
+    async def _emit_to(self, event: str, body: dict[str, Any], sid: str) -> None:
+        await self.emit(event, body, to=sid)
+
+    async def _to_relay(self, visit_id: str, reason: str) -> None:
+        """Move the visit's call to the relay (media.mode auto); the pages in the call
+        are told and reconnect through the server. RelayOff where media.mode is p2p."""
+        if self.relay.to_relay(visit_id, reason):
+            await self.emit(
+                "media_mode",
+                {"visit_id": visit_id, "mode": MediaMode.RELAY.value, "reason": reason},
+                room=call_room(visit_id),
+            )
+
+    async def _relay_offer(self, peer: Peer, data: Mapping[str, Any]) -> dict[str, Any]:
+        offer = parse_relay_offer(data, visit_required=peer.role == CLINICIAN)
+        visit_id = self._in_call(peer, offer.visit_id)
+        servers = ice_servers(self.webrtc, f"{visit_id}-relay", self.app[CLOCK]())
+        try:
+            answer = await self.relay.offer(
+                visit_id, peer.participant, peer.sid, offer.sdp, servers, peer.described()
+            )
+        except RelayRefused as exc:
+            return refusal(str(exc))
+        return {"ok": True, "visit_id": visit_id, **answer}
+
+    async def _mode_request(self, peer: Peer, data: Mapping[str, Any]) -> dict[str, Any]:
+        """A page whose peer-to-peer connection keeps failing asks for the relay."""
+        visit_id = self._in_call(
+            peer, parse_mode_request(data, visit_required=peer.role == CLINICIAN)
+        )
+        try:
+            await self._to_relay(visit_id, "peer-to-peer ICE failed")
+        except RelayOff as exc:
+            return refusal(str(exc))
+        return {"ok": True, "mode": self.relay.mode_of(visit_id).value}
+
+    async def _recording_consent(self, peer: Peer, data: Mapping[str, Any]) -> dict[str, Any]:
+        """The patient or the clinician agrees to recording, or withdraws. Recording
+        runs while both agree (in this call), and stops at once when either withdraws."""
+        consent = parse_consent(data, visit_required=peer.role == CLINICIAN)
+        visit_id = self._in_call(peer, consent.visit_id)
+        if consent.given and not self.relay.can_relay():
+            return refusal("recording needs the relay, and media.mode is p2p on this server")
+        if peer.role == CLINICIAN:
+            actor = await self._actor(peer)
+        else:
+            actor = patient_actor(await self._patient_visit(peer, visit_id), peer.source)
+        visit = await self.reception.set_recording_consent(
+            actor, visit_id, peer.role, consent.given
+        )
+        await self._relay(peer, "recording_consent", visit_id, {"consent": consent.given})
+        if visit.may_record and not self.relay.recording(visit_id):
+            await self._to_relay(visit_id, "a recording starts")
+            self.relay.start_recording(visit_id)
+            await self._tell_recording(visit_id, True)
+        elif not visit.may_record and self.relay.recording(visit_id):
+            await self._tell_recording(visit_id, False)
+            await self._keep_recording(visit, await self.relay.stop_recording(visit_id))
+        return {"ok": True, "recording": self.relay.recording(visit_id)}
+
+    async def _tell_recording(self, visit_id: str, active: bool) -> None:
+        await self.emit(
+            "recording", {"visit_id": visit_id, "active": active}, room=call_room(visit_id)
+        )
+
+    async def _keep_recording(self, visit: Visit, files: Mapping[str, Path]) -> None:
+        """Seal each participant's recording into the visit's record (as its clinician),
+        then delete the plain file. A file that cannot be sealed is kept, and logged."""
+        if not files:
+            return
+        user = await self.store.get_user(visit.clinician_id)
+        if user is None:
+            log.error("visit %s: recording kept unsealed: its clinician is gone", visit.id)
+            return
+        actor = Actor.of(user, "recording")
+        stamp = self.app[CLOCK]().strftime("%Y%m%d-%H%M%S")
+        for participant, path in sorted(files.items()):
+            body = await asyncio.to_thread(path.read_bytes)
+            name = f"recording-{stamp}-{participant}.webm"
+            try:
+                await self.app[RECORDS].attach_recording(actor, visit.id, name, body)
+            except (ValidationError, Forbidden, NotFound, StoreUnavailable) as exc:
+                log.error(
+                    "visit %s: recording %s kept unsealed at %s: %s", visit.id, name, path, exc
+                )
+                continue
+            await asyncio.to_thread(path.unlink)
+            log.info("visit %s: recording sealed into the record (%d bytes)", visit.id, len(body))
+
+    async def shutdown(self) -> None:
+        """The server stops: recordings are finished and sealed, relay rooms closed."""
+        for visit_id, files in (await self.relay.close()).items():
+            visit = await self.store.get_visit(visit_id)
+            if visit is not None:
+                await self._keep_recording(visit, files)
 
     # what the patient and the clinician see ----------------------------------------------
     def _queue_lock(self, clinician_id: str) -> asyncio.Lock:

@@ -115,7 +115,8 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         raise
     app[CLINIC] = clinic = Clinic(store, app[CLOCK])
     app[RECEPTION] = Reception(clinic, visit_policy(settings.visits))
-    app[RECORDS] = RecordsOffice(clinic, Sealer(provider), record_policy(settings.records))
+    policy = record_policy(settings.records, recording_max_mib=settings.media.recording_max_mib)
+    app[RECORDS] = RecordsOffice(clinic, Sealer(provider), policy)
     app[PROBES].append(StoreProbe(store))
     log.info("store open kind=%s", store.kind)
     yield
@@ -147,6 +148,7 @@ async def signaling_ctx(app: web.Application) -> AsyncIterator[None]:
     await hub.start()
     yield
     await hub.stop()
+    await rooms.shutdown()  # recordings finished and sealed, relay rooms closed
     await server.stop()
     await rooms.roster.close()
 

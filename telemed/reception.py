@@ -29,6 +29,7 @@ from telemed.visits import (
     InvalidMove,
     PreCheck,
     QualitySample,
+    RecordingConsent,
     Transition,
     Visit,
     VisitState,
@@ -487,6 +488,23 @@ class Reception:
 
     async def set_patient_online(self, visit_id: str, online: bool) -> Visit:
         return await self._update(visit_id, lambda v: dataclasses.replace(v, patient_online=online))
+
+    async def set_recording_consent(
+        self, actor: Actor, visit_id: str, side: str, given: bool
+    ) -> Visit:
+        """The patient or the clinician, in the call, agrees to recording or withdraws;
+        stored with the visit and audited. Only during a call."""
+
+        def said(v: Visit) -> Visit:
+            if v.state is not VisitState.IN_CALL:
+                raise ValidationError("consent", f"the visit is {v.state.value}, not in a call")
+            by = "patient" if side == "patient" else actor.id
+            return v.with_consent(RecordingConsent(side, given, self.clock(), by))
+
+        visit = await self._update(visit_id, said)
+        what = "given" if given else "withdrawn"
+        await self._audit(actor, "visit.recording_consent", visit, detail=f"{side} {what}")
+        return visit
 
     async def record_quality(self, visit_id: str, sample: QualitySample) -> Visit:
         """Saved with the visit; not audited (it is about the link, not the patient)."""

@@ -99,11 +99,12 @@ class RecordPolicy:
     recording_max_bytes: int = 1024 * 1024 * 1024  # a call recording (WebM), per participant
 
 
-def record_policy(settings: RecordSettings) -> RecordPolicy:
+def record_policy(settings: RecordSettings, *, recording_max_mib: int = 1024) -> RecordPolicy:
     return RecordPolicy(
         attachment_max_bytes=settings.attachment_max_kib * 1024,
         attachment_types=frozenset(split_urls(settings.attachment_types)),
         break_glass=timedelta(minutes=settings.break_glass_minutes),
+        recording_max_bytes=recording_max_mib * 2**20,
     )
 
 

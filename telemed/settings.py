@@ -122,6 +122,14 @@ class WebRtcSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class MediaSettings:
+    # "p2p": browsers connect to each other; "relay": through the server's relay;
+    # "auto": p2p until ICE fails, a third participant is admitted, or a recording starts
+    mode: str = field(metadata={"choices": ("p2p", "relay", "auto")})
+    recording_max_mib: int = field(metadata={"min": 1, "max": 64 * 1024})  # per participant
+
+
+@dataclass(frozen=True, slots=True)
 class SignalingSettings:
     redis_url: str  # "" keeps rooms in this process; redis://... shares them across processes
     events_per_second: int = field(metadata={"min": 1, "max": 1000})  # per connection, sustained
@@ -171,6 +179,7 @@ class Settings:
     monitoring: MonitoringSettings
     visits: VisitSettings
     webrtc: WebRtcSettings
+    media: MediaSettings
     signaling: SignalingSettings
     records: RecordSettings
     backup: BackupSettings
@@ -217,6 +226,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "monitoring": MonitoringSettings,
     "visits": VisitSettings,
     "webrtc": WebRtcSettings,
+    "media": MediaSettings,
     "signaling": SignalingSettings,
     "records": RecordSettings,
     "backup": BackupSettings,

@@ -227,6 +227,19 @@ _BIDI_CONTROLS = frozenset({"LRE", "RLE", "LRO", "RLO", "PDF", "LRI", "RLI", "FS
 
 
 @dataclass(frozen=True, slots=True)
+class RecordingConsent:
+    """The patient or the clinician, in the call, agreeing to record it or withdrawing."""
+
+    side: str  # "patient" or "clinician"
+    given: bool
+    at: datetime
+    by: str  # the clinician's user id, or "patient"
+
+
+RECORDING_SIDES = ("patient", "clinician")
+
+
+@dataclass(frozen=True, slots=True)
 class Visit:
     id: str
     patient_id: str
@@ -248,6 +261,26 @@ class Visit:
     quality: tuple[QualitySample, ...] = ()
     patient_online: bool = False  # a patient's page is connected now (a hint for the queue)
     guests: tuple[Guest, ...] = ()  # in the order they were invited, the removed ones too
+    recording_consents: tuple[RecordingConsent, ...] = ()  # every change, oldest first
+
+    def consent(self, side: str) -> bool:
+        """Whether `side` agrees to recording now: its latest word in this call (a
+        consent does not outlive the call it was given in: sent back, it is asked again)."""
+        since = self.admitted_at
+        said = [
+            c
+            for c in self.recording_consents
+            if c.side == side and (since is None or c.at >= since)
+        ]
+        return bool(said) and said[-1].given
+
+    @property
+    def may_record(self) -> bool:
+        """Both the patient and the clinician agree, and the visit is in a call."""
+        return self.state is VisitState.IN_CALL and all(map(self.consent, RECORDING_SIDES))
+
+    def with_consent(self, consent: RecordingConsent) -> Visit:
+        return dataclasses.replace(self, recording_consents=(*self.recording_consents, consent))
 
     @property
     def open(self) -> bool:
@@ -417,6 +450,10 @@ def visit_to_doc(visit: Visit) -> dict[str, Any]:
             for q in visit.quality
         ],
         "guests": [_guest_doc(g) for g in visit.guests],
+        "recording_consents": [
+            {"side": c.side, "given": c.given, "at": iso(c.at), "by": c.by}
+            for c in visit.recording_consents
+        ],
     }
 
 
@@ -504,6 +541,10 @@ def visit_from_doc(doc: dict[str, Any]) -> Visit:
             for q in doc.get("quality", ())
         ),
         guests=tuple(_guest_from_doc(g) for g in doc.get("guests", ())),
+        recording_consents=tuple(
+            RecordingConsent(c["side"], bool(c["given"]), parse_iso(c["at"]), c["by"])
+            for c in doc.get("recording_consents", ())
+        ),
     )
 
 

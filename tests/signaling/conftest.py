@@ -128,7 +128,10 @@ class VisitSocket:
         self.queues: defaultdict[str, asyncio.Queue[Any]] = defaultdict(asyncio.Queue)
         self.refused: asyncio.Queue[Any] = asyncio.Queue()
         self.gone = asyncio.Event()
-        for name in ("visit", "queue", "call", "peer", "signal", "chat", "media", "quality"):
+        for name in (
+            *("visit", "queue", "call", "peer", "signal", "chat", "media", "quality"),
+            *("media_mode", "layout", "recording", "recording_consent"),
+        ):
             self.sio.on(name, self._recorder(name), namespace=NAMESPACE)
         self.sio.on("call_over", self._recorder("call_over"), namespace=NAMESPACE)
         self.sio.on("connect_error", self._refused, namespace=NAMESPACE)

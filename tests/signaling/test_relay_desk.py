@@ -26,12 +26,8 @@ class Sent:
         return [[s["participant"] for s in p["slots"]] for e, p, to in self.events if to == sid]
 
 
-def describe(visit_id: str, participant: str) -> dict[str, Any]:
-    return {"role": "guest" if participant == "interpreter" else participant, "name": participant}
-
-
 def desk(mode: MediaMode, tmp_path: Path, sent: Sent | None = None) -> RelayDesk:
-    return RelayDesk(mode, emit=sent or Sent(), describe=describe, recordings=tmp_path)
+    return RelayDesk(mode, emit=sent or Sent(), recordings=tmp_path)
 
 
 def test_p2p_mode_never_relays(tmp_path: Path) -> None:
@@ -68,20 +64,24 @@ async def test_relayed_visit_layouts_reach_each_page(tmp_path: Path, clip: Clip)
     relay = desk(MediaMode.RELAY, tmp_path, sent)
     doctor, patient, interpreter = ClientPeer(clip), ClientPeer(clip), ClientPeer(clip)
     try:
-        answer = await relay.offer("v1", "clinician", "sid-d", await doctor.offer(), [])
+        who = {"role": "clinician", "name": "Dr Carter"}
+        answer = await relay.offer("v1", "clinician", "sid-d", await doctor.offer(), [], who)
         await doctor.answer(answer["sdp"])
         assert [s["participant"] for s in answer["slots"]] == [None, None, None]
         answer = await relay.offer("v1", "patient", "sid-p", await patient.offer(), [])
         await patient.answer(answer["sdp"])
         assert answer["slots"][0]["participant"] == "clinician"
-        assert answer["slots"][0]["name"] == "clinician"
-        answer = await relay.offer("v1", "interpreter", "sid-i", await interpreter.offer(), [])
+        assert answer["slots"][0]["name"] == "Dr Carter"
+        who = {"role": "guest", "name": "Ines", "participant": "forged"}
+        answer = await relay.offer("v1", "interpreter", "sid-i", await interpreter.offer(), [], who)
         await interpreter.answer(answer["sdp"])
         assert await until(
             lambda: ["patient", "interpreter", None] in sent.layouts("sid-d"), WITHIN
         )
-        roles = [s.get("role") for e, p, to in sent.events if to == "sid-d" for s in p["slots"]]
-        assert "guest" in roles
+        slots = [s for e, p, to in sent.events if to == "sid-d" for s in p["slots"]]
+        assert {"participant": "interpreter", "role": "guest", "name": "Ines"}.items() <= next(
+            s for s in slots if s["participant"] == "interpreter"
+        ).items()
         mids = answer["slots"][0]["mids"]
         assert await until(lambda: interpreter.frames_in(mids["video"]) > 3, WITHIN)
 
