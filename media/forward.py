@@ -11,10 +11,11 @@ has no public API for that on the receiving side:
   frame to us; the decoder thread then only waits for the receiver to stop.
 - Out: `RTCRtpSender` packs an `av.Packet` from its track without encoding (the public
   path aiortc's MediaPlayer uses with `decode=False`). Nothing private there.
-- Keyframes: a subscriber's PLI/FIR makes `RTCRtpSender` call its own
-  `_send_keyframe()`, which only sets a flag for an encoder we never run. `on_keyframe_
-  request()` routes that call to the relay instead. `request_keyframe()` asks the
-  publisher through `RTCRtpReceiver._send_rtcp_pli()`.
+- Keyframes: `request_keyframe()` sends the publisher a PLI through the receiver's
+  `_send_rtcp_pli()`, for the media SSRC (not the retransmission one: the receiver's
+  private RTX map tells them apart). A subscriber's PLI/FIR makes `RTCRtpSender` call its
+  own `_send_keyframe()`, which only sets a flag for an encoder we never run;
+  `on_keyframe_request()` routes that call to the relay instead.
 
 The names used are checked at import (`check_internals()`), and tests/media/
 test_forward.py drives each of them through real peer connections: an aiortc upgrade
@@ -42,6 +43,7 @@ TIME_BASES = {"video": Fraction(1, VIDEO_CLOCK), "audio": Fraction(1, AUDIO_CLOC
 
 _DECODER_QUEUE = "_RTCRtpReceiver__decoder_queue"
 _STARTED = "_RTCRtpReceiver__started"
+_RTX_SSRC = "_RTCRtpReceiver__rtx_ssrc"  # RTX SSRC -> media SSRC, from the remote SDP
 
 
 class InternalsChanged(RuntimeError):
@@ -118,7 +120,7 @@ def tap(receiver: RTCRtpReceiver, kind: str, sink: Callable[[EncodedFrame], None
     Call it before the receiver starts: from the peer connection's "track" event, or
     right after setRemoteDescription.
     """
-    if not hasattr(receiver, _DECODER_QUEUE) or not hasattr(receiver, _STARTED):
+    if not all(hasattr(receiver, name) for name in (_DECODER_QUEUE, _STARTED, _RTX_SSRC)):
         raise InternalsChanged(
             f"aiortc {aiortc.__version__}: RTCRtpReceiver has no private decoder queue "
             f"(written against {PINNED_AIORTC}, see media/forward.py)"
@@ -134,10 +136,14 @@ async def request_keyframe(receiver: RTCRtpReceiver) -> bool:
     False when no packet has arrived yet (there is no source to ask): the publisher's
     first frame is a keyframe anyway.
     """
-    sources = receiver.getSynchronizationSources()
-    if not sources:
+    # The sources include the retransmission (RTX) stream's SSRC once a packet was
+    # resent; a PLI must name the media stream's, or the browser ignores it.
+    rtx = getattr(receiver, _RTX_SSRC)
+    media = [s for s in receiver.getSynchronizationSources() if s.source not in rtx]
+    if not media:
         return False
-    await receiver._send_rtcp_pli(sources[0].source)
+    latest = max(media, key=lambda s: s.timestamp)
+    await receiver._send_rtcp_pli(latest.source)
     return True
 
 

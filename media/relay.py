@@ -303,6 +303,13 @@ class RelayRoom:
                 await self.leave(participant)
 
         self.peers[participant] = peer
+        log.info(
+            "relay %s: %s connected, publishing %s, %d slots",
+            self.name,
+            participant,
+            "+".join(sorted(peer.feeds)) or "nothing",
+            len(peer.slots),
+        )
         for feed in peer.feeds.values():
             for watcher in tuple(self.feed_watchers):
                 watcher(feed)
@@ -349,6 +356,7 @@ class RelayRoom:
         peer = self.peers.pop(participant, None)
         if peer is None:
             return
+        log.info("relay %s: %s left", self.name, participant)
         self._layouts.pop(participant, None)
         for slot in peer.slots:
             for outlet in slot.outlets.values():

@@ -37,6 +37,7 @@ class CallRecording:
         self._thread = threading.Thread(target=self._write, name="call-recording", daemon=True)
         self._files: dict[str, tuple[BinaryIO, WebmRecorder]] = {}
         self._stopped = False
+        self.frames = {"video": 0, "audio": 0, "keyframes": 0}  # taken by the writer
 
     def start(self) -> None:
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -45,6 +46,7 @@ class CallRecording:
         for peer in self.room.peers.values():
             for feed in peer.feeds.values():
                 self._attach(feed)
+        log.info("recording %s: started on %d feeds", self.room.name, len(self._attached))
 
     def _attach(self, feed: Feed) -> None:
         if self._stopped:
@@ -71,6 +73,7 @@ class CallRecording:
             self._frames.put(None)
             if self._thread.is_alive():
                 await asyncio.to_thread(self._thread.join)
+            log.info("recording %s: stopped after %s", self.room.name, self.frames)
         found = {}
         for participant in self._files:
             path = self._path(participant)
@@ -84,9 +87,12 @@ class CallRecording:
         return self.folder / f"{participant}.webm"
 
     def _write(self) -> None:
+        log.info("recording %s: writer running", self.room.name)
         try:
             while (item := self._frames.get()) is not None:
                 participant, frame = item
+                self.frames[frame.kind] += 1
+                self.frames["keyframes"] += frame.keyframe and frame.kind == "video"
                 recorder = self._recorder(participant)
                 try:
                     if frame.kind == "video":

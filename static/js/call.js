@@ -96,7 +96,12 @@
       call = null;
     }
     lastPeer = null;
+    RtcCall.showParticipants(remoteVideo, remoteVideo.parentElement, []);
     remoteVideo.srcObject = null;
+    showRecording(false);
+    const record = $("[data-control=record]");
+    pressed(record, false);
+    record.textContent = "Record (with the patient's consent)";
     selfView.srcObject = null;
     selfView.hidden = true;
     unmuteButton.hidden = true;
@@ -204,6 +209,16 @@
         if (reason === "bandwidth") setStatusNote("The connection is slow: switched to low bandwidth.");
       },
       onChat: (m) => addChat(m.from, m.text, m.at, m.name),
+      onParticipants: (list) => RtcCall.showParticipants(remoteVideo, remoteVideo.parentElement, list),
+      onMode: (mode) => {
+        root.dataset.mode = mode;
+      },
+      onRecording: showRecording,
+      onConsent: (m) => {
+        if (m.from === "patient") {
+          setStatusNote(m.consent ? "The patient agrees to recording." : "The patient does not agree to recording.");
+        }
+      },
       onError: (err) => console.warn("call:", err && err.message ? err.message : err),
     });
     call.setMicrophone(!options.muted);
@@ -214,6 +229,13 @@
     cameraButton.textContent = call.audioOnly ? "Camera on" : "Camera off (audio only)";
     pressed($("[data-control=low-bandwidth]"), call.lowBandwidth);
     call.start();
+  }
+
+  // Recording: while both the patient and the clinician agree (stored with the visit);
+  // everyone in the call sees the indicator while it runs.
+  function showRecording(active) {
+    $("[data-testid=recording-indicator]").hidden = !active;
+    root.dataset.recording = String(active);
   }
 
   function setStatusNote(text) {
@@ -340,6 +362,17 @@
       else {
         options.lowBandwidth = !options.lowBandwidth;
         pressed(button, options.lowBandwidth);
+      }
+    } else if (control === "record") {
+      if (!call) return;
+      const agree = button.getAttribute("aria-pressed") !== "true";
+      try {
+        await call.setConsent(agree);
+        pressed(button, agree);
+        button.textContent = agree ? "Stop recording" : "Record (with the patient's consent)";
+        if (agree) setStatusNote("Recording starts when the patient agrees too.");
+      } catch (err) {
+        setError(err.message || String(err));
       }
     } else if (control === "end") {
       confirmBox.hidden = false;

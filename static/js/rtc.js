@@ -34,6 +34,7 @@
 //   call.setLowBandwidth(bool) cap the video at media.low_bandwidth_kbps and _height
 //   call.setMicrophone(bool)   unmute or mute our microphone
 //   call.sendChat(text)        a Promise of the server's acknowledgement
+//   call.setConsent(bool)      agree to recording the call, or withdraw (patient, clinician)
 //   call.restartIce()          a new ICE negotiation on the same connection
 //   call.close()               stop everything (the local stream is the page's to stop)
 //
@@ -118,6 +119,10 @@
       this.media = payload.media || {};
       this.peerSid = payload.peer ? payload.peer.sid : null;
       this.counterpart = { patient: "clinician", clinician: "patient" }[payload.role] || null;
+      this.mode = payload.mode === "relay" ? "relay" : "p2p";
+      this.recordingAtStart = Boolean(payload.recording);
+      this.layoutSlots = [];
+      this.p2pFailures = 0;
       this.local = options.localStream || new MediaStream();
       this.audioOnly = Boolean(options.audioOnly) || this.local.getVideoTracks().length === 0;
       this.lowBandwidth = Boolean(options.lowBandwidth);
@@ -142,6 +147,10 @@
         media: (m) => this.theirs(m, m && m.from) && this.notify("onRemoteMedia", { audio_only: Boolean(m.audio_only) }),
         quality: (m) => this.theirs(m, m && m.from) && this.notify("onRemoteQuality", m),
         chat: (m) => this.mine(m) && this.notify("onChat", { from: m.from, text: String(m.text), at: m.at, name: m.name, participant: m.participant }),
+        media_mode: (m) => this.mine(m) && this.setMode(m.mode),
+        layout: (m) => this.mine(m) && this.mode === "relay" && this.applyLayout(m.slots),
+        recording: (m) => this.mine(m) && this.notify("onRecording", Boolean(m.active)),
+        recording_consent: (m) => this.mine(m) && this.notify("onConsent", { from: m.from, consent: Boolean(m.consent) }),
       };
       for (const name of Object.keys(this.handlers)) this.socket.on(name, this.handlers[name]);
       this.statsTimer = setInterval(() => this.sampleStats(), STATS_EVERY_MS);
@@ -151,6 +160,7 @@
     start() {
       if (this.closed) return;
       this.notify("onMode", this.mode);
+      this.notify("onRecording", Boolean(this.recordingAtStart));
       if (this.mode === "relay") this.connectRelay();
       else if (this.peerSid) this.connect();
       else this.state("waiting");
@@ -254,6 +264,10 @@
 
     sendChat(text) {
       return this.request("chat", { visit_id: this.visitId, text: String(text) });
+    }
+
+    setConsent(on) {
+      return this.request("recording_consent", { visit_id: this.visitId, consent: Boolean(on) });
     }
 
     restartIce() {
@@ -686,8 +700,41 @@
     }
   }
 
+  // Relay mode's pictures: the first participant in `first` (the page's remote <video>),
+  // the others in <video> tiles added to `stage` (data-testid remote-video-2, -3); the
+  // stage becomes a grid of up to 4 (with the page's own camera) when there are several.
+  function showParticipants(first, stage, list) {
+    const people = Array.isArray(list) ? list : [];
+    const videos = [first];
+    stage.querySelectorAll("video.tile").forEach((v, i) => {
+      if (i + 1 < people.length) videos.push(v);
+      else v.remove();
+    });
+    while (videos.length < Math.max(1, people.length)) {
+      const tile = document.createElement("video");
+      tile.className = "tile";
+      tile.autoplay = true;
+      tile.playsInline = true;
+      tile.dataset.testid = "remote-video-" + (videos.length + 1);
+      stage.appendChild(tile);
+      videos.push(tile);
+    }
+    people.forEach((p, i) => {
+      const video = videos[i];
+      video.dataset.participant = p.participant;
+      video.title = p.name || "";
+      video.setAttribute("aria-label", p.name || p.role || "");
+      if (video.srcObject !== p.stream) video.srcObject = p.stream;
+      const played = video.play();
+      if (played && played.catch) played.catch(() => {});
+    });
+    if (!people.length) delete first.dataset.participant;
+    stage.classList.toggle("grid", people.length > 1);
+  }
+
   global.RtcCall = {
     create: (options) => new Call(options),
     videoConstraints,
+    showParticipants,
   };
 })(window);

@@ -517,7 +517,7 @@
     stopMeter();
     show("call");
     try {
-      if (!GUEST) await startDevices();
+      await startDevices();
       const answer = await new Promise((resolve, reject) => {
         s.socket.timeout(ACK_TIMEOUT_MS).emit("join_call", {}, (err, ack) => {
           if (err) reject(err);
@@ -537,10 +537,7 @@
   function onCallPayload(payload) {
     if (!payload || !s.socket || s.callFor === s.socket.id || s.ended) return;
     s.callFor = s.socket.id;
-    if (GUEST) {
-      guestCall(payload);
-      return;
-    }
+    if (GUEST) guestCall(payload);
     if (s.call) {
       s.call.rejoin(payload);
       return;
@@ -571,6 +568,13 @@
         if (reason === "bandwidth") callNote(_("Your connection is slow, so we lowered the picture quality."));
       },
       onChat: (m) => addChat(m.from, m.text, false, m.name),
+      onParticipants: (list) => RtcCall.showParticipants($("remote"), $("remote").parentElement, list),
+      onRecording: showRecording,
+      onConsent: (m) => {
+        if (m.from === "clinician" && m.consent && !GUEST && !s.consent) {
+          callNote(_("The doctor asks to record this call. It is recorded only if you agree."));
+        }
+      },
       onError: (err) => console.warn("call:", err && err.message ? err.message : err),
     });
     s.call = call;
@@ -581,13 +585,27 @@
     call.start();
   }
 
+  // --- recording: only while the patient and the doctor both agree ----------------------------
+  function showRecording(active) {
+    $("recording").hidden = !active;
+  }
+
+  function onConsentButton() {
+    if (!s.call) return;
+    const agree = !s.consent;
+    s.call.setConsent(agree).then(
+      () => {
+        s.consent = agree;
+        pressed("record-consent", agree);
+        $("record-consent").textContent = agree ? _("Stop the recording") : _("Agree to recording");
+        callNote(agree ? _("Thank you. The call is recorded while you and the doctor agree.") : "");
+      },
+      () => callNote(_("Your answer was not sent. Try again."))
+    );
+  }
+
   // --- a guest in the call: who is there, and the messages ------------------------------------
   function guestCall(payload) {
-    // nothing is sent from here until the clinic's relay carries a guest's media: the
-    // camera and microphone of the pre-call check are let go
-    if (s.stream) s.stream.getTracks().forEach((t) => t.stop());
-    s.stream = null;
-    s.devices = null;
     s.people = {};
     for (const p of payload.participants || []) s.people[p.participant] = p;
     $("quality").textContent = "";
@@ -709,6 +727,13 @@
   function leaveCall(sentBack) {
     if (s.call) s.call.close();
     s.call = null;
+    s.consent = false;
+    showRecording(false);
+    if (!GUEST) {
+      pressed("record-consent", false);
+      $("record-consent").textContent = _("Agree to recording");
+    }
+    RtcCall.showParticipants($("remote"), $("remote").parentElement, []);
     s.people = null;
     s.inCall = false;
     s.callFor = null;
@@ -755,6 +780,7 @@
       (err) => callNote(explain(err))
     );
   });
+  if (!GUEST) $("record-consent").addEventListener("click", onConsentButton);
   $("toggle-data").addEventListener("click", () => {
     if (s.call) s.call.setLowBandwidth(!s.call.lowBandwidth, "user");
   });

@@ -176,6 +176,7 @@ def running_server(
         ("patient", "pia.mine@example.org", "Pia Careteam"),
         ("patient", "olaf.other@example.org", "Olaf Elsewhere"),
     ),
+    settings: dict[str, str] | None = None,
 ) -> Iterator[Server]:
     """`telemed serve` with its own config, store and embedded broker under `tmp`,
     listening on `host`, with (doctor, patient on the doctor's team, stranger) = `people`;
@@ -196,6 +197,7 @@ def running_server(
         "TELEMED_MQTT_PORT": str(mqtt_port),
         "TELEMED_DEMO_SEED": "false",
         "TELEMED_LOG_JSON": "true",
+        **(settings or {}),  # TELEMED_* overrides a test module needs
     }
     doctor, patient, stranger = (_add_user(config, env, *person) for person in people)
     _cli(config, env, "care-team", "add", "--patient", patient.id, "--clinician", doctor.id)

@@ -8,11 +8,13 @@ receiver reach a subscriber, a PLI reaches the publisher.
 from __future__ import annotations
 
 import tracemalloc
+from datetime import UTC, datetime
 from typing import Any
 
 import aiortc
 import pytest
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
+from aiortc.rtcrtpreceiver import RTCRtpSynchronizationSource
 
 from media import forward
 from media.forward import EncodedFrame, InternalsChanged
@@ -91,8 +93,48 @@ def test_vp8_keyframes_are_told_from_delta_frames(clip: Clip) -> None:
 class SilentReceiver:
     """A publisher that has sent nothing yet: there is no source to send a PLI to."""
 
+    _RTCRtpReceiver__rtx_ssrc: dict[int, int] = {}
+
     def getSynchronizationSources(self) -> list[Any]:  # noqa: N802 (aiortc's name)
         return []
+
+
+class ResendingReceiver:
+    """A publisher whose retransmission stream (SSRC 2, for media SSRC 1) sent last."""
+
+    _RTCRtpReceiver__rtx_ssrc = {2: 1}
+
+    def __init__(self) -> None:
+        self.asked: list[int] = []
+
+    def getSynchronizationSources(self) -> list[Any]:  # noqa: N802 (aiortc's name)
+        return [
+            RTCRtpSynchronizationSource(
+                source=2, timestamp=datetime(2026, 1, 1, 0, 0, 1, tzinfo=UTC)
+            ),
+            RTCRtpSynchronizationSource(
+                source=1, timestamp=datetime(2026, 1, 1, 0, 0, 0, tzinfo=UTC)
+            ),
+        ]
+
+    async def _send_rtcp_pli(self, media_ssrc: int) -> None:
+        self.asked.append(media_ssrc)
+
+
+async def test_a_keyframe_is_asked_for_the_media_ssrc_not_the_retransmissions() -> None:
+    receiver = ResendingReceiver()
+    assert await forward.request_keyframe(receiver)  # type: ignore[arg-type]
+    assert receiver.asked == [1]
+    assert not await forward.request_keyframe(SilentReceiver())  # type: ignore[arg-type]
+
+
+async def test_the_receiver_still_keeps_its_rtx_map() -> None:
+    pc = RTCPeerConnection()
+    try:
+        receiver = pc.addTransceiver("video", direction="recvonly").receiver
+        assert isinstance(receiver._RTCRtpReceiver__rtx_ssrc, dict)  # type: ignore[attr-defined]
+    finally:
+        await pc.close()
 
 
 async def test_a_stalled_subscriber_holds_a_bounded_queue(clip: Clip) -> None:
