@@ -45,7 +45,8 @@ DECODING = """async ([pictures, sounds]) => {
   for (const v of document.querySelectorAll('video[data-testid^="remote-video"]')) {
     if (v.videoWidth > 0 && v.dataset.participant) seen.add(v.dataset.participant);
   }
-  const pc = window.__pcs[window.__pcs.length - 1];
+  const pc = window.__pcs && window.__pcs[window.__pcs.length - 1];
+  if (!pc) return false;
   let heard = 0;
   (await pc.getStats()).forEach((s) => {
     if (s.type === "inbound-rtp" && s.kind === "audio" && s.bytesReceived > 0) heard += 1;

@@ -1,0 +1,55 @@
+"""A visit on a server whose media.mode is "relay": two participants, and the call goes
+through the server from the start (the case of networks where peer to peer never
+connects). Both decode each other's video and hear each other; a reload comes back into
+the relayed call with a new connection.
+
+Every wait is on a condition under a timeout.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import pytest
+from playwright.async_api import expect
+
+from tests.e2e.conftest import OpenParticipant, Server, running_server
+from tests.e2e.test_visit_call import STEP_TIMEOUT, book, open_doctor, patient_joins
+from tests.e2e.test_visit_relay import decodes_everyone, frames_grow
+
+pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """This module's own server, relaying every call."""
+    with running_server(
+        tmp_path_factory.mktemp("telemed-relay"), settings={"TELEMED_MEDIA_MODE": "relay"}
+    ) as running:
+        yield running
+
+
+async def test_a_forced_relay_visit_between_two_participants(
+    participants: OpenParticipant, server: Server
+) -> None:
+    visit_id, join_url = book(server)
+    doctor = await open_doctor(participants, server)
+    patient = await patient_joins(participants, join_url)
+    await doctor.page.get_by_test_id(f"admit-{visit_id}").click(timeout=STEP_TIMEOUT)
+    await expect(doctor.page).to_have_url(re.compile(rf"/visits/{visit_id}$"))
+    await expect(doctor.page.get_by_test_id("call-view")).to_have_attribute("data-mode", "relay")
+    for person in (doctor, patient):
+        await decodes_everyone(person.page, 1)
+        await frames_grow(person.page)
+    # the doctor's picture of the patient is the patient's, named as such
+    picture = doctor.page.get_by_test_id("remote-video")
+    await expect(picture).to_have_attribute("data-participant", "patient")
+
+    # The patient reloads: a new page, a new connection to the relay, the same call.
+    await patient.page.reload()
+    await decodes_everyone(patient.page, 1)
+    await decodes_everyone(doctor.page, 1)
+    await frames_grow(doctor.page)
+    for person in (doctor, patient):
+        assert not person.errors, person.errors
