@@ -888,6 +888,9 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
                     "visit %s: recording %s kept unsealed at %s: %s", visit.id, name, path, exc
                 )
                 continue
+            except Exception:  # noqa: BLE001 (one file failing must not lose the others)
+                log.exception("visit %s: recording %s kept unsealed at %s", visit.id, name, path)
+                continue
             await asyncio.to_thread(path.unlink)
             log.info("visit %s: recording sealed into the record (%d bytes)", visit.id, len(body))
 

@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient
 
 from signaling.events import SDP_MAX, EventRefused, parse_relay_offer
 from telemed.clinic import Actor
+from telemed.records import note_from_json
 from telemed.web.keys import RECORDS, SETTINGS, STORE
 from tests.conftest import People
 from tests.devices.test_reliability import until
@@ -23,6 +24,7 @@ from tests.media.test_relay import WITHIN
 from tests.signaling.conftest import Booked, Sockets, VisitSocket
 from tests.signaling.test_visit_guests import admitted_guest, invite
 from tests.signaling.test_visit_rooms import in_call
+from tests.telemed.records_kit import NOTE as KIT_NOTE
 
 Client = TestClient  # type: ignore[type-arg]
 Book = Callable[..., Awaitable[Booked]]
@@ -282,3 +284,35 @@ async def actor_of(client: Client, user_id: str) -> Actor:
     user = await client.app[STORE].get_user(user_id)
     assert user is not None
     return Actor.of(user, "test")
+
+
+async def test_a_recording_that_cannot_be_sealed_is_kept_not_lost(
+    client: Client, people: People, book: Book, sockets: Sockets, clip: Clip
+) -> None:
+    """The record was signed during the call (it takes attachments before signing): the
+    recording stays on disk, unsealed, for an operator, and the call goes on."""
+    booked = await book()
+    doctor, patient = await in_call(sockets, booked, people.doctor_a.email)
+    d, p = ClientPeer(clip), ClientPeer(clip)
+    try:
+        await doctor.call("recording_consent", {"visit_id": booked.id, "consent": True})
+        assert (await patient.call("recording_consent", {"consent": True}))["recording"]
+        answer = await offer(doctor, d, booked.id)
+        await offer(patient, p, booked.id)
+        mids = mids_of(await sees(doctor, d, "patient", answer["slots"]), "patient")
+        office = client.app[RECORDS]
+        actor = await actor_of(client, people.doctor_a.id)
+        saved = await office.save_note(actor, booked.id, note_from_json(KIT_NOTE))
+        await office.sign(actor, booked.id, saved.versions[-1].number)
+        frames = d.frames_in(mids["video"])
+        assert await until(lambda: d.frames_in(mids["video"]) > frames + 30, WITHIN)
+        assert (await patient.call("recording_consent", {"consent": False})) == {
+            "ok": True,
+            "recording": False,
+        }
+    finally:
+        await d.close()
+        await p.close()
+    kept = list((client.app[SETTINGS].var_dir / "recordings" / booked.id).glob("*.webm"))
+    assert kept, "the unsealed recordings must stay on disk"
+    assert await client.app[STORE].list_attachments(booked.id) == []
