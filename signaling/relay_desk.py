@@ -50,6 +50,9 @@ class _Visit:
     room: RelayRoom | None = None
     sids: dict[str, str] = field(default_factory=dict)  # participant -> the offering socket
     who: dict[str, dict[str, Any]] = field(default_factory=dict)  # participant -> role, name
+    # participant -> the number of the last layout made for them: a layout event and an
+    # offer's answer travel separately, and the page keeps the newer one
+    seq: dict[str, int] = field(default_factory=dict)
     recording: CallRecording | None = None
 
 
@@ -117,7 +120,13 @@ class RelayDesk:
         visit.sids[participant] = sid
         visit.who[participant] = dict(who or {})
         answer = await visit.room.connect(participant, sdp)
-        return {"sdp": answer, "slots": self._slots(visit_id, visit.room.layout(participant))}
+        slots = self._slots(visit_id, visit.room.layout(participant))
+        return {"sdp": answer, "slots": slots, "seq": self._next(visit, participant)}
+
+    @staticmethod
+    def _next(visit: _Visit, participant: str) -> int:
+        visit.seq[participant] = visit.seq.get(participant, 0) + 1
+        return visit.seq[participant]
 
     def _slots(self, visit_id: str, layout: list[dict[str, Any]]) -> list[dict[str, Any]]:
         visit = self._visits.get(visit_id)
@@ -128,10 +137,13 @@ class RelayDesk:
         self, visit_id: str, participant: str, layout: list[dict[str, Any]]
     ) -> None:
         visit = self._visits.get(visit_id)
-        sid = visit.sids.get(participant) if visit else None
-        if sid is None:
+        if visit is None or (sid := visit.sids.get(participant)) is None:
             return
-        payload = {"visit_id": visit_id, "slots": self._slots(visit_id, layout)}
+        payload = {
+            "visit_id": visit_id,
+            "slots": self._slots(visit_id, layout),
+            "seq": self._next(visit, participant),
+        }
         task = asyncio.ensure_future(self._emit("layout", payload, sid))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)

@@ -122,6 +122,7 @@
       this.mode = payload.mode === "relay" ? "relay" : "p2p";
       this.recordingAtStart = Boolean(payload.recording);
       this.layoutSlots = [];
+      this.layoutSeq = 0;
       this.p2pFailures = 0;
       this.local = options.localStream || new MediaStream();
       this.audioOnly = Boolean(options.audioOnly) || this.local.getVideoTracks().length === 0;
@@ -148,7 +149,7 @@
         quality: (m) => this.theirs(m, m && m.from) && this.notify("onRemoteQuality", m),
         chat: (m) => this.mine(m) && this.notify("onChat", { from: m.from, text: String(m.text), at: m.at, name: m.name, participant: m.participant }),
         media_mode: (m) => this.mine(m) && this.setMode(m.mode),
-        layout: (m) => this.mine(m) && this.mode === "relay" && this.applyLayout(m.slots),
+        layout: (m) => this.mine(m) && this.mode === "relay" && this.applyLayout(m.slots, m.seq),
         recording: (m) => this.mine(m) && this.notify("onRecording", Boolean(m.active)),
         recording_consent: (m) => this.mine(m) && this.notify("onConsent", { from: m.from, consent: Boolean(m.consent) }),
       };
@@ -482,13 +483,19 @@
         const ack = await this.request("relay_offer", { visit_id: this.visitId, sdp: pc.localDescription.sdp });
         if (pc !== this.pc) return;
         await pc.setRemoteDescription({ type: "answer", sdp: ack.sdp });
-        this.applyLayout(ack.slots || []);
+        this.applyLayout(ack.slots || [], ack.seq);
         await this.applyProfile();
       });
       return pc;
     }
 
-    applyLayout(slots) {
+    // `seq` numbers the server's layouts for this page: an offer's answer and a `layout`
+    // event may arrive in either order, and the newer one wins.
+    applyLayout(slots, seq) {
+      if (typeof seq === "number") {
+        if (seq < this.layoutSeq) return;
+        this.layoutSeq = seq;
+      }
       const pc = this.pc;
       this.layoutSlots = Array.isArray(slots) ? slots : [];
       if (!pc) return;

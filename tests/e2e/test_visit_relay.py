@@ -55,8 +55,28 @@ DECODING = """async ([pictures, sounds]) => {
 }"""
 
 
+DECODING_STATE = """async () => {
+  const tracks = (v) => v.srcObject && v.srcObject.getTracks().map((t) => t.kind + ":" + t.muted);
+  const videos = [...document.querySelectorAll('video[data-testid^="remote-video"]')].map(
+    (v) => [v.dataset.participant, v.videoWidth, tracks(v)]);
+  const pcs = (window.__pcs || []).map((pc) => [pc.connectionState, pc.signalingState]);
+  const pc = window.__pcs && window.__pcs[window.__pcs.length - 1];
+  const inbound = [];
+  if (pc) (await pc.getStats()).forEach((s) => {
+    if (s.type === "inbound-rtp") inbound.push([s.kind, s.mid, s.bytesReceived, s.framesDecoded]);
+  });
+  return JSON.stringify({ videos, pcs, inbound });
+}"""
+
+
 async def decodes_everyone(page: Page, others: int) -> None:
-    await page.wait_for_function(DECODING, arg=[others, others], timeout=CONNECT_TIMEOUT)
+    """Poll DECODING (async, which wait_for_function would not await) until it holds."""
+    deadline = time.monotonic() + CONNECT_TIMEOUT / 1000
+    while not await page.evaluate(DECODING, [others, others]):
+        if time.monotonic() > deadline:
+            state = await page.evaluate(DECODING_STATE)
+            raise AssertionError(f"{page.url}: not decoding {others} others: {state}")
+        await page.wait_for_timeout(50)
 
 
 async def frames_grow(page: Page) -> None:

@@ -85,6 +85,12 @@ async def test_relayed_visit_layouts_reach_each_page(tmp_path: Path, clip: Clip)
         mids = answer["slots"][0]["mids"]
         assert await until(lambda: interpreter.frames_in(mids["video"]) > 3, WITHIN)
 
+        # Layouts are numbered per page, so the page keeps the newer of an answer and an
+        # event that cross on the way: the interpreter's answer came after its layouts.
+        seqs = [p["seq"] for e, p, to in sent.events if to == "sid-d"]
+        assert seqs == sorted(set(seqs))
+        assert answer["seq"] > max([p["seq"] for e, p, to in sent.events if to == "sid-i"] or [0])
+
         # A page that was replaced (reload) leaving does not take the new one out.
         await relay.leave("v1", "patient", sid="an-old-page")
         assert await until(lambda: ["patient", "interpreter", None] == sent.layouts("sid-d")[-1], 1)
