@@ -24,7 +24,7 @@ import av
 import pytest
 from playwright.async_api import Page, expect
 
-from tests.e2e.conftest import OpenParticipant, Server
+from tests.e2e.conftest import OpenParticipant, Participant, Server
 from tests.e2e.test_visit_call import (
     CONNECT_TIMEOUT,
     STEP_TIMEOUT,
@@ -91,31 +91,54 @@ async def frames_grow(page: Page) -> None:
     )
 
 
-async def test_three_participants_through_the_relay_and_a_consented_recording(
-    participants: OpenParticipant, server: Server, shots: Path
-) -> None:
+async def in_relayed_call(
+    participants: OpenParticipant, server: Server
+) -> tuple[str, Participant, Participant]:
+    """A visit booked, the patient admitted by the doctor: (visit id, doctor, patient)."""
     visit_id, join_url = book(server)
     doctor = await open_doctor(participants, server)
     patient = await patient_joins(participants, join_url)
     await doctor.page.get_by_test_id(f"admit-{visit_id}").click(timeout=STEP_TIMEOUT)
     await expect(doctor.page).to_have_url(re.compile(rf"/visits/{visit_id}$"))
+    return visit_id, doctor, patient
+
+
+async def interpreter_joins(
+    participants: OpenParticipant,
+    server: Server,
+    visit_id: str,
+    doctor: Participant,
+    *,
+    scripts: tuple[str, ...] = (),
+) -> tuple[Participant, str]:
+    """An interpreter invited from the command line opens their link, waits, and the
+    doctor admits them: (their participant, guest id). `scripts` run before the page's."""
+    invited = server.cli(
+        "visit", "invite", "--visit", visit_id, "--role", "interpreter", "--name", "Ines Ortiz"
+    )
+    interpreter = await participants()
+    for script in scripts:
+        await interpreter.context.add_init_script(script)
+    await interpreter.page.goto(str(invited["join_url"]))
+    await interpreter.page.get_by_test_id("join").click()
+    await expect(waiting_room(interpreter.page)).to_be_visible()
+    guest_id = str(invited["guest_id"])
+    await doctor.page.get_by_test_id(f"admit-guest-{guest_id}").click(timeout=STEP_TIMEOUT)
+    return interpreter, guest_id
+
+
+async def test_three_participants_through_the_relay_and_a_consented_recording(
+    participants: OpenParticipant, server: Server, shots: Path
+) -> None:
+    visit_id, doctor, patient = await in_relayed_call(participants, server)
     await wait_for_media(doctor.page)
     await wait_for_media(patient.page)
     call_view = doctor.page.get_by_test_id("call-view")
     await expect(call_view).to_have_attribute("data-mode", "p2p")
 
     # The interpreter, invited from the command line, waits and is admitted.
-    invited = server.cli(
-        "visit", "invite", "--visit", visit_id, "--role", "interpreter", "--name", "Ines Ortiz"
-    )
-    guest_id = str(invited["guest_id"])
-    interpreter = await participants()
+    interpreter, guest_id = await interpreter_joins(participants, server, visit_id, doctor)
     page = interpreter.page
-    await page.goto(str(invited["join_url"]))
-    await page.get_by_test_id("join").click()
-    await expect(waiting_room(page)).to_be_visible()
-    admit = doctor.page.get_by_test_id(f"admit-guest-{guest_id}")
-    await admit.click(timeout=STEP_TIMEOUT)
 
     # The visit moves to the relay by itself; everyone sees and hears everyone.
     await expect(call_view).to_have_attribute("data-mode", "relay", timeout=STEP_TIMEOUT)

@@ -8,15 +8,18 @@ Every wait is on a condition under a timeout.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 
 import pytest
 from playwright.async_api import expect
 
 from tests.e2e.conftest import OpenParticipant, Server, running_server
-from tests.e2e.test_visit_call import STEP_TIMEOUT, book, open_doctor, patient_joins
-from tests.e2e.test_visit_relay import decodes_everyone, frames_grow
+from tests.e2e.test_visit_relay import (
+    decodes_everyone,
+    frames_grow,
+    in_relayed_call,
+    interpreter_joins,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="module")]
 
@@ -67,11 +70,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 async def test_a_forced_relay_visit_between_two_participants(
     participants: OpenParticipant, server: Server
 ) -> None:
-    visit_id, join_url = book(server)
-    doctor = await open_doctor(participants, server)
-    patient = await patient_joins(participants, join_url)
-    await doctor.page.get_by_test_id(f"admit-{visit_id}").click(timeout=STEP_TIMEOUT)
-    await expect(doctor.page).to_have_url(re.compile(rf"/visits/{visit_id}$"))
+    visit_id, doctor, patient = await in_relayed_call(participants, server)
     await expect(doctor.page.get_by_test_id("call-view")).to_have_attribute("data-mode", "relay")
     for person in (doctor, patient):
         await decodes_everyone(person.page, 1)
@@ -91,17 +90,10 @@ async def test_a_forced_relay_visit_between_two_participants(
     # once instead of at the publishers' next scheduled keyframe (Chrome sends none
     # unasked): from its connection to the server to a decoded frame of each of the two
     # others, within a second.
-    invited = server.cli(
-        "visit", "invite", "--visit", visit_id, "--role", "interpreter", "--name", "Ines Ortiz"
+    interpreter, _ = await interpreter_joins(
+        participants, server, visit_id, doctor, scripts=(FIRST_FRAMES,)
     )
-    interpreter = await participants()
-    await interpreter.context.add_init_script(FIRST_FRAMES)
     page = interpreter.page
-    await page.goto(str(invited["join_url"]))
-    await page.get_by_test_id("join").click()
-    await doctor.page.get_by_test_id(f"admit-guest-{invited['guest_id']}").click(
-        timeout=STEP_TIMEOUT
-    )
     await decodes_everyone(page, 2)
     waits = await page.evaluate(
         """() => { const pc = window.__firstFrames.at(-1);
