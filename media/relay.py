@@ -267,10 +267,19 @@ class RelayRoom:
         self._on_layout = on_layout
         self.feed_watchers: list[Callable[[Feed], None]] = []  # told of each new feed
         self.peers: dict[str, RelayPeer] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
         self._layouts: dict[str, list[dict[str, Any]]] = {}
 
     async def connect(self, participant: str, offer_sdp: str) -> str:
-        """Take a participant's offer (a new one replaces their old connection); the answer."""
+        """Take a participant's offer (a new one replaces their old connection); the answer.
+
+        One offer per participant at a time: two pages of the same participant (a new tab
+        while the old one offers) would otherwise both connect, and one be lost open."""
+        lock = self._locks.setdefault(participant, asyncio.Lock())
+        async with lock:
+            return await self._connect(participant, offer_sdp)
+
+    async def _connect(self, participant: str, offer_sdp: str) -> str:
         offered = _offered_lines(offer_sdp)
         if participant in self.peers:
             await self.leave(participant)
@@ -296,6 +305,9 @@ class RelayRoom:
             # aiortc's own refusals of an offer
             await pc.close()
             raise RelayRefused(f"the offer cannot be answered ({exc})") from exc
+        except BaseException:  # cancelled, or anything unforeseen: no connection left open
+            await pc.close()
+            raise
 
         @pc.on("connectionstatechange")
         async def _state() -> None:

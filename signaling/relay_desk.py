@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -63,12 +64,15 @@ class RelayDesk:
         *,
         emit: Emit,
         recordings: Path,
+        recording_max_bytes: int = 2**30,
     ) -> None:
         self.mode = mode
         self._emit = emit
         self._recordings = recordings
+        self._recording_max_bytes = recording_max_bytes
         self._visits: dict[str, _Visit] = {}
         self._sending: set[asyncio.Future[None]] = set()
+        self._recordings_made = 0
 
     def _visit(self, visit_id: str) -> _Visit:
         if visit_id not in self._visits:
@@ -111,17 +115,30 @@ class RelayDesk:
         visit = self._visit(visit_id)
         if visit.mode is not MediaMode.RELAY:
             raise RelayRefused("this visit's media goes peer to peer: no relay offer is expected")
+        room = self._room(visit_id, visit, ice_servers)
+        visit.sids[participant] = sid
+        visit.who[participant] = dict(who or {})
+        answer = await room.connect(participant, sdp)
+        # Answering takes a while (ICE gathering): the participant may have been sent back,
+        # removed or replaced, or the call closed, meanwhile. Then the new connection goes.
+        if self._visits.get(visit_id) is not visit or visit.room is not room:
+            await room.leave(participant)
+            raise RelayRefused("the call closed while the relay was answering")
+        if visit.sids.get(participant) != sid:
+            if visit.sids.get(participant) is None:
+                await room.leave(participant)
+            raise RelayRefused("this page left the call while the relay was answering")
+        slots = self._slots(visit_id, room.layout(participant))
+        return {"sdp": answer, "slots": slots, "seq": self._next(visit, participant)}
+
+    def _room(self, visit_id: str, visit: _Visit, ice_servers: list[dict[str, Any]]) -> RelayRoom:
         if visit.room is None:
             visit.room = RelayRoom(
                 visit_id,
                 ice_servers=ice_servers,
                 on_layout=lambda who, slots: self._layout_changed(visit_id, who, slots),
             )
-        visit.sids[participant] = sid
-        visit.who[participant] = dict(who or {})
-        answer = await visit.room.connect(participant, sdp)
-        slots = self._slots(visit_id, visit.room.layout(participant))
-        return {"sdp": answer, "slots": slots, "seq": self._next(visit, participant)}
+        return visit.room
 
     @staticmethod
     def _next(visit: _Visit, participant: str) -> int:
@@ -162,15 +179,16 @@ class RelayDesk:
         visit = self._visits.get(visit_id)
         return visit is not None and visit.recording is not None
 
-    def start_recording(self, visit_id: str) -> None:
+    def start_recording(self, visit_id: str, ice_servers: list[dict[str, Any]]) -> None:
+        """Record the visit's relay room (made now if no page has offered yet), each start
+        in a folder of its own: a file kept unsealed by an earlier one stays apart."""
         visit = self._visit(visit_id)
         if visit.recording is not None:
             return
-        if visit.room is None:
-            visit.room = RelayRoom(
-                visit_id, on_layout=lambda who, slots: self._layout_changed(visit_id, who, slots)
-            )
-        visit.recording = CallRecording(visit.room, self._recordings / visit_id)
+        room = self._room(visit_id, visit, ice_servers)
+        self._recordings_made += 1
+        folder = self._recordings / visit_id / f"{time.time_ns()}-{self._recordings_made}"
+        visit.recording = CallRecording(room, folder, max_bytes=self._recording_max_bytes)
         visit.recording.start()
 
     async def stop_recording(self, visit_id: str) -> dict[str, Path]:
@@ -201,4 +219,13 @@ class RelayDesk:
         return files
 
     async def close(self) -> dict[str, dict[str, Path]]:
-        return {visit_id: await self.end(visit_id) for visit_id in list(self._visits)}
+        """Every visit's room closed and recording finished (one failing stops no other)."""
+        files = {}
+        for visit_id in list(self._visits):
+            try:
+                files[visit_id] = await self.end(visit_id)
+            except Exception:  # noqa: BLE001 (the others must still close)
+                log.exception("relay: visit %s did not close cleanly", visit_id)
+        for task in list(self._sending):
+            task.cancel()
+        return files

@@ -178,11 +178,14 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
             MediaMode(settings.media.mode),
             emit=self._emit_to,
             recordings=settings.var_dir / "recordings",
+            recording_max_bytes=settings.media.recording_max_mib * 2**20,
         )
         self.ticks: Callable[[], float] = time.monotonic  # rate limits (tests replace it)
         self._peers: dict[str, Peer] = {}
         self._queue_locks: dict[str, asyncio.Lock] = {}
         self._quality_kept: dict[tuple[str, str], float] = {}
+        self._visit_locks: dict[str, asyncio.Lock] = {}  # recording decisions, call closing
+        self._sealing: set[asyncio.Task[None]] = set()
         self._handlers: dict[str, tuple[frozenset[str] | None, Handler]] = {
             "precheck": (PATIENTS, self._precheck),
             "arrive": (ARRIVING, self._arrive),
@@ -642,6 +645,8 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
             "participants": sorted(participants, key=_participant_order),
             "mode": self.relay.mode_of(visit_id).value,
             "recording": self.relay.recording(visit_id),
+            # this side's own consent to recording, as stored (a reload shows it again)
+            "consent": peer.role != GUEST and current.consent(peer.role),
         }
         await self.emit("call", call, to=peer.sid)
         return {"ok": True, **call}
@@ -675,6 +680,8 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
         process it is. A patient's or guest's old page is also disconnected: its pass
         died when the new page claimed the link."""
         await self.emit("call_over", {"visit_id": visit_id, "reason": "replaced"}, to=sid)
+        # the old page's relay connection too (if it has one in this process)
+        await self.relay.leave(visit_id, seat.removeprefix("guest:"), sid)
         await self.leave_room(sid, call_room(visit_id))
         await self.leave_room(sid, pair_room(visit_id))
         if seat != CLINICIAN:
@@ -682,21 +689,24 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
 
     async def _close_call(self, visit_id: str, reason: str) -> None:
         room = call_room(visit_id)
-        if self.relay.recording(visit_id):
-            await self._tell_recording(visit_id, False)
-        await self.emit("call_over", {"visit_id": visit_id, "reason": reason}, room=room)
-        if reason == "ended":
-            files = await self.relay.end(visit_id)
-        else:
-            files = await self.relay.close_room(visit_id)
-        visit = await self.store.get_visit(visit_id)
-        if visit is not None:
-            await self._keep_recording(visit, files)
-        await self.roster.clear_call(visit_id)
-        await self.close_room(room)  # in every process, through the Redis manager
-        await self.close_room(pair_room(visit_id))
+        async with self._visit_lock(visit_id):
+            if self.relay.recording(visit_id):
+                await self._tell_recording(visit_id, False)
+            await self.emit("call_over", {"visit_id": visit_id, "reason": reason}, room=room)
+            await self.roster.clear_call(visit_id)
+            await self.close_room(room)  # in every process, through the Redis manager
+            await self.close_room(pair_room(visit_id))
+            # the pages are out of the call room first: no offer can reopen the relay
+            if reason == "ended":
+                files = await self.relay.end(visit_id)
+                self._visit_locks.pop(visit_id, None)
+            else:
+                files = await self.relay.close_room(visit_id)
         for side in (PATIENT, CLINICIAN):
             self._quality_kept.pop((visit_id, side), None)
+        visit = await self.store.get_visit(visit_id)
+        if visit is not None:
+            self._seal_later(visit, files)
 
     def _in_call(self, peer: Peer, named: str | None) -> str:
         """The visit whose call the event is for; the sender must sit in it."""
@@ -849,18 +859,38 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
             actor = await self._actor(peer)
         else:
             actor = patient_actor(await self._patient_visit(peer, visit_id), peer.source)
-        visit = await self.reception.set_recording_consent(
-            actor, visit_id, peer.role, consent.given
-        )
-        await self._relay(peer, "recording_consent", visit_id, {"consent": consent.given})
-        if visit.may_record and not self.relay.recording(visit_id):
-            await self._to_relay(visit_id, "a recording starts")
-            self.relay.start_recording(visit_id)
-            await self._tell_recording(visit_id, True)
-        elif not visit.may_record and self.relay.recording(visit_id):
-            await self._tell_recording(visit_id, False)
-            await self._keep_recording(visit, await self.relay.stop_recording(visit_id))
-        return {"ok": True, "recording": self.relay.recording(visit_id)}
+        # One decision at a time per visit, from what is stored now: a consent and a
+        # withdrawal crossing, or a send-back meanwhile, never leave a recording running.
+        async with self._visit_lock(visit_id):
+            visit = await self.reception.set_recording_consent(
+                actor, visit_id, peer.role, consent.given
+            )
+            await self._relay(peer, "recording_consent", visit_id, {"consent": consent.given})
+            if visit.may_record and not self.relay.recording(visit_id):
+                await self._to_relay(visit_id, "a recording starts")
+                servers = ice_servers(self.webrtc, f"{visit_id}-relay", self.app[CLOCK]())
+                self.relay.start_recording(visit_id, servers)
+                await self._tell_recording(visit_id, True)
+            elif not visit.may_record and self.relay.recording(visit_id):
+                await self._tell_recording(visit_id, False)
+                self._seal_later(visit, await self.relay.stop_recording(visit_id))
+            recording = self.relay.recording(visit_id)
+        return {"ok": True, "recording": recording}
+
+    def _visit_lock(self, visit_id: str) -> asyncio.Lock:
+        lock = self._visit_locks.get(visit_id)
+        if lock is None:
+            lock = self._visit_locks[visit_id] = asyncio.Lock()
+        return lock
+
+    def _seal_later(self, visit: Visit, files: Mapping[str, Path]) -> None:
+        """Seal the files in a task of their own (a long call's files take a while); the
+        server awaits these before it stops."""
+        if not files:
+            return
+        task = asyncio.create_task(self._keep_recording(visit, files))
+        self._sealing.add(task)
+        task.add_done_callback(self._sealing.discard)
 
     async def _tell_recording(self, visit_id: str, active: bool) -> None:
         await self.emit(
@@ -878,9 +908,20 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
             return
         actor = Actor.of(user, "recording")
         stamp = self.app[CLOCK]().strftime("%Y%m%d-%H%M%S")
+        limit = self.app[RECORDS].policy.recording_max_bytes
         for participant, path in sorted(files.items()):
-            body = await asyncio.to_thread(path.read_bytes)
             name = f"recording-{stamp}-{participant}.webm"
+            size = (await asyncio.to_thread(path.stat)).st_size
+            if size > limit:  # the writer stops short of the limit: this is not expected
+                log.error(
+                    "visit %s: recording %s kept unsealed at %s: %d bytes",
+                    visit.id,
+                    name,
+                    path,
+                    size,
+                )
+                continue
+            body = await asyncio.to_thread(path.read_bytes)
             try:
                 await self.app[RECORDS].attach_recording(actor, visit.id, name, body)
             except (ValidationError, Forbidden, NotFound, StoreUnavailable) as exc:
@@ -899,7 +940,9 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
         for visit_id, files in (await self.relay.close()).items():
             visit = await self.store.get_visit(visit_id)
             if visit is not None:
-                await self._keep_recording(visit, files)
+                self._seal_later(visit, files)
+        if self._sealing:
+            await asyncio.gather(*self._sealing, return_exceptions=True)
 
     # what the patient and the clinician see ----------------------------------------------
     def _queue_lock(self, clinician_id: str) -> asyncio.Lock:

@@ -222,6 +222,9 @@
       onError: (err) => console.warn("call:", err && err.message ? err.message : err),
     });
     call.setMicrophone(!options.muted);
+    const record = $("[data-control=record]");
+    pressed(record, Boolean(payload.consent));
+    record.textContent = payload.consent ? "Stop recording" : "Record (with the patient's consent)";
     // without a camera the call starts audio only, whatever was asked
     options.audioOnly = call.audioOnly;
     const cameraButton = $("[data-control=audio-only]");

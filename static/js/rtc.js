@@ -64,6 +64,7 @@
   const RELAY_SLOTS = 3; // a call has at most 4 participants
   const GATHER_WAIT_MS = 3000; // the relay takes one offer with its candidates
   const P2P_FAILURES_BEFORE_RELAY = 2; // ICE restarts that failed before asking for the relay
+  const RELAY_RETRY_MAX_MS = 30000; // a refused relay offer is made again after 2, 4... 30 s
 
   function videoConstraints(media, low) {
     const height = low && media && media.low_bandwidth_height ? media.low_bandwidth_height : 360;
@@ -181,8 +182,10 @@
       this.polite = Boolean(payload.polite);
       this.peerSid = payload.peer ? payload.peer.sid : null;
       if (this.audioOnly) this.emit("media", { visit_id: this.visitId, audio_only: true });
-      if (payload.mode === "relay" && this.mode !== "relay") {
-        this.setMode("relay");
+      const mode = payload.mode === "relay" ? "relay" : "p2p";
+      if (mode !== this.mode) {
+        // the server's word: a restarted server has the visit peer to peer again
+        this.setMode(mode);
         return;
       }
       if (this.mode === "relay") {
@@ -297,6 +300,7 @@
     close() {
       if (this.closed) return;
       this.closed = true;
+      clearTimeout(this.relayRetry);
       clearInterval(this.statsTimer);
       for (const name of Object.keys(this.handlers)) this.socket.off(name, this.handlers[name]);
       this.dropConnection();
@@ -453,6 +457,9 @@
     // --- relay mode ---------------------------------------------------------------------------
     connectRelay() {
       this.dropConnection();
+      clearTimeout(this.relayRetry);
+      this.layoutSeq = 0; // a new connection: the server's numbering may have restarted
+      this.layoutSlots = [];
       const pc = new RTCPeerConnection({ iceServers: this.iceServers, bundlePolicy: "max-bundle" });
       this.pc = pc;
       this.previous = null;
@@ -480,7 +487,21 @@
         await pc.setLocalDescription(await pc.createOffer());
         await gathered(pc, GATHER_WAIT_MS);
         if (pc !== this.pc) return;
-        const ack = await this.request("relay_offer", { visit_id: this.visitId, sdp: pc.localDescription.sdp });
+        let ack;
+        try {
+          ack = await this.request("relay_offer", { visit_id: this.visitId, sdp: pc.localDescription.sdp });
+          this.relayFailures = 0;
+        } catch (err) {
+          // refused or unanswered (a busy server, a socket gone): offer again, later
+          if (pc === this.pc && !this.closed) {
+            this.relayFailures = (this.relayFailures || 0) + 1;
+            const wait = Math.min(RELAY_RETRY_MAX_MS, 1000 * 2 ** Math.min(this.relayFailures, 5));
+            this.relayRetry = setTimeout(() => {
+              if (pc === this.pc && !this.closed && this.mode === "relay") this.connectRelay();
+            }, wait);
+          }
+          throw err;
+        }
         if (pc !== this.pc) return;
         await pc.setRemoteDescription({ type: "answer", sdp: ack.sdp });
         this.applyLayout(ack.slots || [], ack.seq);

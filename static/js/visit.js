@@ -578,6 +578,11 @@
       onError: (err) => console.warn("call:", err && err.message ? err.message : err),
     });
     s.call = call;
+    if (!GUEST) {
+      s.consent = Boolean(payload.consent);
+      pressed("record-consent", s.consent);
+      $("record-consent").textContent = s.consent ? _("Stop the recording") : _("Agree to recording");
+    }
     pressed("toggle-video", call.audioOnly);
     pressed("toggle-data", call.lowBandwidth);
     pressed("toggle-mic", false);

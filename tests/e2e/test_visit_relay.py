@@ -202,7 +202,7 @@ async def test_three_participants_through_the_relay_and_a_consented_recording(
     var_dir = Path(server.env["TELEMED_VAR_DIR"])
     for stored in var_dir.glob("telemed.db*"):  # noqa: ASYNC240 (a test's own files)
         assert b"Lavf" not in stored.read_bytes(), stored  # noqa: ASYNC240
-    assert not list((var_dir / "recordings").glob("*/*.webm"))  # noqa: ASYNC240
+    assert not list((var_dir / "recordings").glob("**/*.webm"))  # noqa: ASYNC240
 
     for person in (doctor, patient, interpreter):
         assert not person.errors, person.errors

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import av
+import pytest
 
 from media.relay import RelayRoom
 from media.taping import CallRecording
@@ -72,3 +75,82 @@ async def test_a_recording_stopped_before_any_picture_leaves_no_file(
     assert await recording.stop() == {}
     assert list((tmp_path / "rec").iterdir()) == []
     await room.close()
+
+
+async def test_a_participant_who_reconnects_is_recorded_on_both_connections(
+    clip: Clip, tmp_path: Path
+) -> None:
+    """A reload or a new network gives the participant a new feed whose clock starts at
+    0 again: its frames go on after the first ones, from its first keyframe."""
+    room = RelayRoom("visit-r3")
+    doctor, patient, again = ClientPeer(clip), ClientPeer(clip), ClientPeer(clip)
+    recording = CallRecording(room, tmp_path / "rec")
+    try:
+        await join(room, "clinician", doctor)
+        await join(room, "patient", patient)
+        recording.start()
+        first = room.feed("patient", "video")
+        start = first.frames
+        assert await until(lambda: first.frames > start + 45, WITHIN)
+        await room.leave("patient")
+        before = first.frames - start  # at most this many from the first connection
+        await join(room, "patient", again)
+        assert await until(lambda: getattr(room.feed("patient", "video"), "frames", 0) > 45, WITHIN)
+        files = await recording.stop()
+        assert decoded(files["patient"])["video"] > before
+    finally:
+        await room.close()
+        for client in (doctor, patient, again):
+            await client.close()
+
+
+async def test_a_file_stops_short_of_its_limit_and_still_plays(clip: Clip, tmp_path: Path) -> None:
+    room = RelayRoom("visit-r4")
+    doctor, patient = ClientPeer(clip), ClientPeer(clip)
+    recording = CallRecording(room, tmp_path / "rec", max_bytes=100_000)
+    try:
+        await join(room, "clinician", doctor)
+        await join(room, "patient", patient)
+        recording.start()
+        feed = room.feed("patient", "video")
+        start = feed.frames
+        assert await until(lambda: feed.frames > start + 150, WITHIN)  # ~200 KB of video
+        delivered = feed.frames - start
+        files = await recording.stop()
+        path = files["patient"]
+        assert path.stat().st_size <= 100_000
+        assert 0 < decoded(path)["video"] < delivered  # it stopped, and what it has plays
+    finally:
+        await room.close()
+        await doctor.close()
+        await patient.close()
+
+
+async def test_a_file_the_disk_refuses_ends_alone(
+    clip: Clip, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_open = os.open
+
+    def refusing(path: Any, *args: Any, **kwargs: Any) -> int:
+        if str(path).endswith("patient.webm"):
+            raise OSError(28, "No space left on device")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("media.taping.os.open", refusing)
+    room = RelayRoom("visit-r5")
+    doctor, patient = ClientPeer(clip), ClientPeer(clip)
+    recording = CallRecording(room, tmp_path / "rec")
+    try:
+        await join(room, "clinician", doctor)
+        await join(room, "patient", patient)
+        recording.start()
+        feed = room.feed("clinician", "video")
+        start = feed.frames
+        assert await until(lambda: feed.frames > start + 45, WITHIN)
+        files = await recording.stop()
+        assert set(files) == {"clinician"}  # the doctor's file is whole
+        assert decoded(files["clinician"])["video"] > 0
+    finally:
+        await room.close()
+        await doctor.close()
+        await patient.close()

@@ -3,6 +3,7 @@ drive the events)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -116,17 +117,65 @@ async def test_a_recording_of_a_relayed_visit_gives_a_file_per_participant(
         for name, client in (("clinician", doctor), ("patient", patient)):
             answer = await relay.offer("v1", name, f"sid-{name}", await client.offer(), [])
             await client.answer(answer["sdp"])
-        relay.start_recording("v1")
+        relay.start_recording("v1", [])
         assert relay.recording("v1")
         mids = answer["slots"][0]["mids"]
         assert await until(lambda: patient.frames_in(mids["video"]) > 40, WITHIN)
         files = await relay.stop_recording("v1")
         assert not relay.recording("v1")
         assert set(files) == {"clinician", "patient"}
-        assert all(path.parent == tmp_path / "v1" for path in files.values())
+        assert all(path.parent.parent == tmp_path / "v1" for path in files.values())
+        # files kept unsealed by that recording do not stop the next one
+        relay.start_recording("v1", [])
+        assert await until(lambda: patient.frames_in(mids["video"]) > 80, WITHIN)
+        again = await relay.stop_recording("v1")
+        assert set(again) == {"clinician", "patient"}
+        assert {p.parent for p in again.values()}.isdisjoint({p.parent for p in files.values()})
+        assert all(path.exists() for path in (*files.values(), *again.values()))
         assert await relay.end("v1") == {}
         assert relay.mode_of("v1") is MediaMode.P2P  # forgotten with the visit
     finally:
         await relay.close()
         await doctor.close()
         await patient.close()
+
+
+@pytest.mark.parametrize("closing", ["leave", "close_room", "end"])
+async def test_an_offer_answered_after_its_page_left_or_the_call_closed_connects_nobody(
+    tmp_path: Path, clip: Clip, closing: str
+) -> None:
+    """A guest removed (or the call sent back or ended) while the relay answers their
+    offer: the new connection is closed, not seated with everyone's media."""
+    relay = desk(MediaMode.RELAY, tmp_path)
+    doctor, guest = ClientPeer(clip), ClientPeer(clip)
+    try:
+        answer = await relay.offer("v1", "clinician", "sid-d", await doctor.offer(), [])
+        await doctor.answer(answer["sdp"])
+        room = relay._visits["v1"].room
+        assert room is not None
+        pending = asyncio.create_task(
+            relay.offer("v1", "interpreter", "sid-i", await guest.offer(), [])
+        )
+        await asyncio.sleep(0)  # the offer is being answered now
+        if closing == "leave":
+            await relay.leave("v1", "interpreter")
+        elif closing == "close_room":
+            await relay.close_room("v1")
+        else:
+            await relay.end("v1")
+        with pytest.raises(RelayRefused, match="while the relay was answering"):
+            await pending
+        assert "interpreter" not in room.peers
+    finally:
+        await relay.close()
+        await doctor.close()
+        await guest.close()
+        # aiortc cancels a closed connection's tasks without awaiting them, and aioice may
+        # still start the consent checks of a connection closed while it connected (they
+        # end by themselves when consent fails, ~30 s): this test ends them
+        await asyncio.sleep(0.2)
+        current = asyncio.current_task()
+        ending = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+        for task in ending:
+            task.cancel()
+        await asyncio.gather(*ending, return_exceptions=True)

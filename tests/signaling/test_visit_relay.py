@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient
 from signaling.events import SDP_MAX, EventRefused, parse_relay_offer
 from telemed.clinic import Actor
 from telemed.records import note_from_json
-from telemed.web.keys import RECORDS, SETTINGS, STORE
+from telemed.web.keys import RECORDS, SETTINGS, STORE, VISIT_ROOMS
 from tests.conftest import People
 from tests.devices.test_reliability import until
 from tests.media.peers import ClientPeer, Clip
@@ -249,6 +249,9 @@ async def test_a_consented_recording_is_sealed_into_the_record_and_decodes(
         await d.close()
         await p.close()
 
+    # the files are sealed in a task of their own, after the answer
+    rooms = client.app[VISIT_ROOMS]
+    assert await until(lambda: not rooms._sealing, WITHIN)
     visit = await client.app[STORE].get_visit(booked.id)
     assert [(c.side, c.given) for c in visit.recording_consents] == [
         ("clinician", True),
@@ -277,7 +280,7 @@ async def test_a_consented_recording_is_sealed_into_the_record_and_decodes(
     assert actions.count("visit.recording_consent") == 3
     assert actions.count("attachment.write") == 2
     # the plain files are gone once sealed
-    assert not list((client.app[SETTINGS].var_dir / "recordings").glob("*/*.webm"))
+    assert not list((client.app[SETTINGS].var_dir / "recordings").glob("**/*.webm"))
 
 
 async def actor_of(client: Client, user_id: str) -> Actor:
@@ -313,6 +316,8 @@ async def test_a_recording_that_cannot_be_sealed_is_kept_not_lost(
     finally:
         await d.close()
         await p.close()
-    kept = list((client.app[SETTINGS].var_dir / "recordings" / booked.id).glob("*.webm"))
+    rooms = client.app[VISIT_ROOMS]
+    assert await until(lambda: not rooms._sealing, WITHIN)
+    kept = list((client.app[SETTINGS].var_dir / "recordings" / booked.id).glob("*/*.webm"))
     assert kept, "the unsealed recordings must stay on disk"
     assert await client.app[STORE].list_attachments(booked.id) == []
