@@ -15,7 +15,8 @@ only, so every publisher's frames suit every subscriber.
 
 Keyframes: a subscriber's PLI/FIR, a new subscriber, a slot pointed at another feed, and
 a subscriber that fell behind all ask the publisher for one (at most every
-`KEYFRAME_REQUEST_INTERVAL` per feed); a video outlet forwards nothing until one arrives.
+`KEYFRAME_REQUEST_INTERVAL` per feed, again and again while an outlet waits); a video
+outlet forwards nothing until one arrives.
 
 Memory: an outlet holds at most `OUTLET_FRAMES` frames. When its sender stops taking
 them (a stalled subscriber), the outlet drops what it holds and waits for the next
@@ -55,7 +56,7 @@ log = logging.getLogger(__name__)
 
 OUTLET_FRAMES = {"video": 60, "audio": 100}  # about 2 s of each
 FRAME_STEP = {"video": 3000, "audio": 960}  # one frame at 30 fps; 20 ms of Opus
-KEYFRAME_REQUEST_INTERVAL = 0.1  # seconds between two PLIs to the same publisher
+KEYFRAME_REQUEST_INTERVAL = 0.25  # seconds between two PLIs to the same publisher
 PREFERRED = {"video": "video/VP8", "audio": "audio/opus"}
 KINDS = ("audio", "video")
 
@@ -142,6 +143,10 @@ class Outlet(MediaStreamTrack):
         if self._want_keyframe:
             if not frame.keyframe:
                 self.dropped += 1
+                # ask again while waiting: a request made before the publisher's first
+                # packet had no one to go to, and a PLI can be lost on the way
+                if self.feed is not None:
+                    self.feed.request_keyframe()
                 return
             self._want_keyframe = False
             if self._switched_at is not None:

@@ -65,8 +65,14 @@ class CallRecording:
         if self._stopped:
             return
         participant, source = feed.participant, id(feed)
+        keyed = feed.kind != "video"
 
         def listen(frame: EncodedFrame) -> None:
+            nonlocal keyed
+            if not keyed:  # the file starts on a keyframe: ask until one comes
+                keyed = frame.keyframe
+                if not keyed:
+                    feed.request_keyframe()
             self._frames.put((participant, source, frame))
 
         feed.listeners.append(listen)

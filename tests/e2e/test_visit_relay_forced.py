@@ -14,6 +14,7 @@ import pytest
 from playwright.async_api import expect
 
 from tests.e2e.conftest import OpenParticipant, Server, running_server
+from tests.e2e.test_visit_call import STEP_TIMEOUT
 from tests.e2e.test_visit_relay import (
     decodes_everyone,
     frames_grow,
@@ -95,6 +96,11 @@ async def test_a_forced_relay_visit_between_two_participants(
     )
     page = interpreter.page
     await decodes_everyone(page, 2)
+    await page.wait_for_function(
+        "() => { const pc = window.__firstFrames.at(-1);"
+        " return pc && Object.keys(pc.first).length >= 2; }",
+        timeout=STEP_TIMEOUT,
+    )
     waits = await page.evaluate(
         """() => { const pc = window.__firstFrames.at(-1);
         return Object.values(pc.first).map((t) => t - pc.connected); }"""

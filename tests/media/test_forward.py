@@ -7,6 +7,7 @@ receiver reach a subscriber, a PLI reaches the publisher.
 
 from __future__ import annotations
 
+import asyncio
 import tracemalloc
 from datetime import UTC, datetime
 from typing import Any
@@ -179,4 +180,30 @@ async def test_an_outlet_starts_on_a_keyframe_and_keeps_its_clock_across_feeds(
     outlet.switch(second)
     second.push(EncodedFrame("video", clip.video[0], 42, keyframe=True))
     assert (await outlet.recv()).pts == 6000  # one frame on: no jump back for the browser
+    outlet.stop()
+
+
+async def test_an_outlet_waiting_for_a_keyframe_asks_again_until_one_comes(
+    clip: Clip, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first request can go nowhere (no packet yet) or be lost: a waiting outlet asks
+    again, at most every KEYFRAME_REQUEST_INTERVAL, and stops once a keyframe came."""
+    now = [100.0]
+    monkeypatch.setattr("media.relay.time.monotonic", lambda: now[0])
+    receiver = ResendingReceiver()
+    feed = Feed("patient", "video", receiver)  # type: ignore[arg-type]
+    outlet = Outlet("video")
+    outlet.switch(feed)  # the first request
+    delta = EncodedFrame("video", clip.video[1], 3000, keyframe=False)
+    feed.push(delta)  # too soon for another
+    now[0] += 0.3
+    feed.push(delta)  # asks again
+    await asyncio.gather(*feed._requests)
+    assert receiver.asked == [1, 1]
+    feed.push(EncodedFrame("video", clip.video[0], 6000, keyframe=True))
+    now[0] += 1.0
+    feed.push(delta)  # forwarded: nothing more to ask
+    await asyncio.gather(*feed._requests)
+    assert receiver.asked == [1, 1]
+    assert outlet.queued == 2
     outlet.stop()
