@@ -75,6 +75,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from procs import free_port  # bench/procs.py
+
 if TYPE_CHECKING:
     from devices.dynsec import AdminCredentials
 
@@ -111,12 +113,6 @@ def emit(kind: str, body: object = None) -> None:
     sys.stdout.write(kind if body is None else f"{kind} {json.dumps(body)}")
     sys.stdout.write("\n")
     sys.stdout.flush()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def epoch_ms(moment: datetime) -> int:

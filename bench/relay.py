@@ -65,7 +65,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import statistics
 import struct
 import subprocess
@@ -79,6 +78,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from procs import cpu_seconds, free_port  # bench/procs.py
 
 SCRIPT = Path(__file__).resolve()
 ROOT = SCRIPT.parent.parent
@@ -783,23 +784,6 @@ def role_clients(a: argparse.Namespace) -> None:
 
 
 # the coordinator -----------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    import psutil  # type: ignore[import-untyped]
-
-    total = 0.0
-    for pid in pids:
-        with contextlib.suppress(psutil.Error):
-            times = psutil.Process(pid).cpu_times()
-            total += times.user + times.system
-    return total
-
-
 def machine_busy() -> float:
     """CPU seconds the whole machine has spent busy (every core, every process)."""
     import psutil

@@ -46,7 +46,6 @@ import json
 import os
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -58,6 +57,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from procs import cpu_seconds, free_port  # bench/procs.py
+
 SCRIPT = Path(__file__).resolve()
 ROOT = SCRIPT.parent.parent
 sys.path.insert(1, str(ROOT))
@@ -66,12 +67,6 @@ TELEMED = Path(sys.executable).with_name("telemed")
 CONNECT_CONCURRENCY = 64
 START_TIMEOUT = 60.0
 STOP_GRACE = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def raise_open_files() -> None:
@@ -461,17 +456,6 @@ def role_bare(a: argparse.Namespace) -> None:
 
 
 # the coordinator ----------------------------------------------------------------------------
-def cpu_seconds(pids: list[int]) -> float:
-    import psutil  # type: ignore[import-untyped]
-
-    total = 0.0
-    for pid in pids:
-        with contextlib.suppress(psutil.Error):
-            times = psutil.Process(pid).cpu_times()
-            total += times.user + times.system
-    return total
-
-
 def wait_http(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
