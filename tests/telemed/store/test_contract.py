@@ -1525,6 +1525,83 @@ async def test_sqlite_upgrades_a_database_of_schema_2(tmp_path: Path) -> None:
         await store.close()
 
 
+async def test_sqlite_upgrades_the_readings_of_schema_6(tmp_path: Path) -> None:
+    """Schema 7 files readings by device then time: those stored before move over, to
+    the millisecond, before the epoch too, and keep their dedupe key and latest values."""
+    path = tmp_path / "store.db"
+    before_epoch = datetime(1969, 12, 31, 23, 59, 59, 999000, tzinfo=UTC)
+    old = [
+        reading(1),
+        reading(2.5, code=SPO2, value=97.0),
+        reading(1, device_id="d2", patient_id="p2", value=50.0),
+        dataclasses.replace(reading(0, code=TEMPERATURE), taken_at=before_epoch),
+    ]
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        for script in MIGRATIONS[:6]:
+            for statement in _statements(script):
+                conn.execute(statement)
+        conn.execute("PRAGMA user_version = 6")
+        conn.executemany(
+            "INSERT INTO observations VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    o.patient_id,
+                    o.device_id,
+                    o.code,
+                    o.value,
+                    o.unit,
+                    o.taken_at.isoformat(timespec="milliseconds"),
+                    o.received_at.isoformat(timespec="milliseconds"),
+                )
+                for o in old
+            ],
+        )
+    finally:
+        conn.close()
+    store = await SqliteStore.open(f"sqlite:///{path}")
+    try:
+        [row] = await store.rows("PRAGMA user_version")
+        assert row[0] == len(MIGRATIONS)
+        mine = [o for o in old if o.patient_id == "p1"]
+        assert await store.observations("p1") == in_order(mine)
+        assert await store.observations("p2") == [old[2]]
+        assert await store.latest_observations("p1") == sorted(
+            [old[1], old[0], old[3]], key=lambda o: o.code
+        )
+        assert await store.add_observations(old) == 0  # the key holds across the move
+        assert await store.add_observations([reading(3)]) == 1
+        # the view keeps the old columns for operators' queries
+        [row] = await store.rows(
+            "SELECT taken_at FROM observations WHERE device_id = 'd1' AND code = ?", (SPO2,)
+        )
+        assert datetime.fromisoformat(row[0]) == at(2.5)
+    finally:
+        await store.close()
+
+
+async def test_sqlite_refuses_readings_filed_under_another_patient(tmp_path: Path) -> None:
+    """A device's readings belong to its patient: one batch naming another patient for it
+    is refused whole, by name, and nothing of it is stored."""
+    store = await SqliteStore.open(f"sqlite:///{tmp_path / 'store.db'}")
+    try:
+        assert await store.add_observations([reading(1)]) == 1
+        stray = reading(2, patient_id="p2")
+        with pytest.raises(Conflict, match="device d1 files readings for patient p1, not p2"):
+            await store.add_observations([reading(3, device_id="d9"), stray])
+        assert await store.observations("p1") == [reading(1)]
+        assert await store.observations("p2") == []
+        [row] = await store.rows("SELECT count(*) FROM observation_sources")
+        assert row[0] == 1  # d9's filing went back with the batch
+        new = reading(1, device_id="d7")
+        with pytest.raises(Conflict, match="one device's readings under two patients"):
+            await store.add_observations([new, dataclasses.replace(new, patient_id="p2")])
+        assert await store.observations("p2") == []
+        assert await store.add_observations([reading(3)]) == 1
+    finally:
+        await store.close()
+
+
 async def test_sqlite_commits_are_synced(tmp_path: Path) -> None:
     """Acknowledged means durable: readings are acknowledged to the broker after commit."""
     store = await SqliteStore.open(f"sqlite:///{tmp_path / 'store.db'}")
