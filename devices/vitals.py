@@ -328,7 +328,7 @@ def _declared() -> dict[tuple[str, str | None], Conversion]:
     return declared
 
 
-_DECLARED = _declared()
+DECLARED = _declared()  # (code, unit as sent): its conversion, for the declared spellings
 
 
 def to_canonical(vital: Vital, value: float, unit: str | None) -> float:
@@ -337,7 +337,7 @@ def to_canonical(vital: Vital, value: float, unit: str | None) -> float:
     Raises UnitError, naming the unit, when the unit is not one the vital accepts or
     when it is ambiguous for this value (SpO2 "%" at or below 1.0).
     """
-    conversion = _DECLARED.get((vital.code, unit))
+    conversion = DECLARED.get((vital.code, unit))
     spelling = unit if conversion is not None and unit else vital.unit
     if conversion is None:
         spelling = unit if unit and unit.strip() else vital.unit

@@ -131,3 +131,53 @@ def test_rows_are_the_readings_without_the_device() -> None:
         (r.device_id, r.code, r.value, r.unit, r.taken_at) for r in decoded.readings
     ]
     assert not any(math.isnan(row[1]) for row in rows)
+
+
+USUAL_PACKS = [
+    # a wearable's pack: base name and time, relative times, canonical units
+    '[{"bn":"urn:dev:ow:10e2:","bt":%(t).3f,"n":"hr","u":"beat/min","v":72},'
+    '{"n":"spo2","u":"%%","v":97,"t":0.001},{"n":"sys","u":"mm[Hg]","v":121,"t":0.002},'
+    '{"n":"dia","u":"mm[Hg]","v":79,"t":0.002},{"n":"temp","u":"Cel","v":36.8,"t":0.003}]',
+    # no base fields, times relative to now, a unit left to its default
+    '[{"n":"8867-4","v":70,"t":-5},{"n":"rr","u":"/min","v":14,"t":-4.5}]',
+]
+
+
+@pytest.mark.parametrize("template", USUAL_PACKS)
+def test_the_usual_pack_takes_the_one_pass_way(
+    template: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the general way's decoder and checks broken, the usual pack still decodes,
+    to what the general way gives."""
+    data = (template % {"t": T - 30}).encode()
+    fast, general = both_ways(data, monkeypatch)
+    assert general.refusals == ()
+    assert len(general.readings) > 1
+
+    def broken(*args: object, **kwargs: object) -> object:
+        raise AssertionError("the general way")
+
+    monkeypatch.setattr(payloads, "_validate", broken)
+    monkeypatch.setattr(payloads, "decode_pack", broken)
+    assert decode(data, "dev-7", now=NOW, max_age=MAX_AGE, max_skew=MAX_SKEW) == general
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[{"n":"hr","v":72,"t":-1},{"n":"hr","v":73,"t":-1}]',  # a second reading, same ms
+        '[{"n":"temp","u":"[degF]","v":98.6,"t":-1}]',  # a conversion
+        '[{"n":"spo2","u":"%","v":0.97,"t":-1}]',  # an ambiguous SpO2
+        '[{"n":"hr","v":72,"t":-1,"n":"hr"}]',  # a key twice
+        '[{"n":"hr","v":true,"t":-1}]',  # not a number
+        '[{"n":"hr","v":72,"t":-1,"bver":10}]',  # a rarer label
+        '[{"n":"hr","v":1e400,"t":-1}]',  # out of range
+        '[{"n":"hr","v":72,"t":1e30}]',  # far future
+    ],
+)
+def test_what_the_one_pass_way_leaves_is_decided_the_general_way(
+    text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert payloads._usual_pack(text.encode(), NOW, MAX_AGE, MAX_SKEW, 16384) is None
+    fast, general = both_ways(text.encode(), monkeypatch)
+    assert fast == general
