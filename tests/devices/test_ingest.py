@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 import aiomqtt
 
 from devices.enrollment import Enrolled
-from devices.ingest import Ingestor
+from devices.ingest import SWITCH_INTERVAL, Ingestor, IngestSettings
 from telemed.clock import utcnow
 from telemed.errors import StoreUnavailable
 from telemed.monitoring import Observation
@@ -175,3 +176,24 @@ async def test_presence_from_the_status_topic_and_the_last_will(
         await stored.until(lambda: len(stored.statuses) >= 2)
     assert stored.statuses[-1] == (enrolled.device.id, False)
     assert ingestor.stats.messages >= 3
+
+
+async def test_the_switch_interval_is_short_while_ingesting_and_put_back_after(
+    rig: Rig,
+) -> None:
+    """The store's thread takes the GIL back from the event loop after every statement:
+    the ingestor shortens the interpreter's switch interval while it runs, and only then."""
+    before = sys.getswitchinterval()
+    assert before > SWITCH_INTERVAL  # the interpreter's default, 5 ms
+    ingestor = Ingestor(
+        rig.store, utcnow, rig.access, IngestSettings(client_id="test-switch", batch_wait=0.01)
+    )
+    task = asyncio.create_task(ingestor.run())
+    try:
+        async with asyncio.timeout(10):
+            await ingestor.connected.wait()
+        assert sys.getswitchinterval() == SWITCH_INTERVAL
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert sys.getswitchinterval() == before
