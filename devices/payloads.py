@@ -34,7 +34,7 @@ from datetime import UTC, datetime, timedelta
 from devices.compact import decode_object
 from devices.readings import Decoded, Reading, Refusal, Row
 from devices.senml import decode_pack, resolve
-from devices.vitals import DECLARED, Measurement, describe
+from devices.vitals import DECLARED, Measurement, Vital, describe
 from telemed.clock import iso, truncate
 
 DEFAULT_MAX_BYTES = 16384
@@ -107,6 +107,24 @@ _USUAL_LABELS = frozenset({"bn", "bt", "bu", "n", "u", "v", "t"})
 _NUMBER = (int, float)  # a JSON number's class (bool, a JSON true or false, is neither)
 
 
+# (name, unit) as a device sends them: the vital, if its unit is the canonical one (or
+# means it), and the value up to which that unit is ambiguous; (None, None) otherwise.
+# A cache of what `resolve` and `DECLARED` say, emptied when full (devices choose names).
+_USUAL_SERIES: dict[tuple[str, str], tuple[Vital | None, float | None]] = {}
+_USUAL_SERIES_MAX = 4096
+
+
+def _usual_series(key: tuple[str, str]) -> tuple[Vital | None, float | None]:
+    name, unit = key
+    vital = resolve(name)
+    conversion = None if vital is None else DECLARED.get((vital.code, unit))
+    found = (vital, conversion.ambiguous_up_to) if conversion and conversion.identity else None
+    if len(_USUAL_SERIES) >= _USUAL_SERIES_MAX:
+        _USUAL_SERIES.clear()
+    _USUAL_SERIES[key] = found or (None, None)
+    return found or (None, None)
+
+
 def _usual_pack(
     payload: bytes, now: datetime, max_age: timedelta, max_skew: timedelta, max_bytes: int
 ) -> list[Row] | None:
@@ -164,16 +182,13 @@ def _usual_pack(
                 return None
             if v.__class__ not in _NUMBER or t.__class__ not in _NUMBER:
                 return None
-            vital = resolve(base_name + n)
+            series = (base_name + n, unit)
+            vital, bound = _USUAL_SERIES.get(series) or _usual_series(series)
             if vital is None:
                 return None
-            conversion = DECLARED.get((vital.code, unit))
             value = 0.0 + float(v)  # as bv (0) + v: -0 becomes 0 as it does there
-            if conversion is None or not conversion.identity:
-                return None
             if not vital.low <= value <= vital.high:
                 return None
-            bound = conversion.ambiguous_up_to
             if bound is not None and 0 <= value <= bound:
                 return None
             seconds = base_time + float(t)
@@ -390,7 +405,7 @@ def _validate(
 
 def _at(ms: int) -> datetime:
     """The UTC datetime `ms` milliseconds after the epoch."""
-    return EPOCH + timedelta(0, 0, 0, ms)
+    return EPOCH + _MS * ms
 
 
 def _check(

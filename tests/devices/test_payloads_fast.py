@@ -181,3 +181,16 @@ def test_what_the_one_pass_way_leaves_is_decided_the_general_way(
     assert payloads._usual_pack(text.encode(), NOW, MAX_AGE, MAX_SKEW, 16384) is None
     fast, general = both_ways(text.encode(), monkeypatch)
     assert fast == general
+
+
+def test_the_cache_of_names_and_units_stays_bounded() -> None:
+    """Devices choose the names they send: the one-pass way remembers at most
+    _USUAL_SERIES_MAX of them, and a name it forgot decodes as before."""
+    payloads._USUAL_SERIES.clear()
+    options: dict[str, Any] = {"now": NOW, "max_age": MAX_AGE, "max_skew": MAX_SKEW}
+    for i in range(payloads._USUAL_SERIES_MAX + 50):
+        decode_rows(f'[{{"bn":"urn:dev:{i}:","n":"hr","v":70,"t":-1}}]'.encode(), **options)
+        assert len(payloads._USUAL_SERIES) <= payloads._USUAL_SERIES_MAX
+    rows, refusals = decode_rows(b'[{"bn":"urn:dev:0:","n":"hr","v":70,"t":-1}]', **options)
+    assert [row[:3] for row in rows] == [(HEART_RATE.code, 70.0, HEART_RATE.unit)]
+    assert refusals == ()
