@@ -290,12 +290,15 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 7: readings filed by device, then time: a batch of readings from many devices lands
     # on one B-tree region per device instead of one per (device, code) in two indexes.
-    # Times are integer milliseconds; a device is a small integer (its "source").
+    # Times are integer milliseconds; a device (with its patient) is a small integer, its
+    # "source". A device's readings under two patients (a restored backup may hold some)
+    # are two sources, each patient's readings staying theirs.
     """
     CREATE TABLE observation_sources (
         num INTEGER PRIMARY KEY,
-        device_id TEXT NOT NULL UNIQUE,
-        patient_id TEXT NOT NULL
+        device_id TEXT NOT NULL,
+        patient_id TEXT NOT NULL,
+        UNIQUE (device_id, patient_id)
     );
     CREATE INDEX observation_sources_by_patient ON observation_sources (patient_id, device_id);
     CREATE TABLE observation_readings (
@@ -310,18 +313,20 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE observation_series (
         source INTEGER NOT NULL,
         code TEXT NOT NULL,
+        oldest_ms INTEGER NOT NULL,
         newest_ms INTEGER NOT NULL,
         PRIMARY KEY (source, code)
     ) WITHOUT ROWID;
     INSERT INTO observation_sources (device_id, patient_id)
-        SELECT device_id, min(patient_id) FROM observations GROUP BY device_id;
+        SELECT DISTINCT device_id, patient_id FROM observations ORDER BY device_id, patient_id;
     INSERT INTO observation_readings
         SELECT s.num, CAST(round((julianday(o.taken_at) - 2440587.5) * 86400000.0) AS INTEGER),
             o.code, o.value, o.unit,
             CAST(round((julianday(o.received_at) - 2440587.5) * 86400000.0) AS INTEGER)
-        FROM observations AS o JOIN observation_sources AS s USING (device_id);
+        FROM observations AS o JOIN observation_sources AS s USING (device_id, patient_id);
     INSERT INTO observation_series
-        SELECT source, code, max(taken_ms) FROM observation_readings GROUP BY source, code;
+        SELECT source, code, min(taken_ms), max(taken_ms) FROM observation_readings
+        GROUP BY source, code;
     DROP TABLE observations;
     CREATE VIEW observations AS
         SELECT s.patient_id, s.device_id, r.code, r.value, r.unit,
@@ -368,7 +373,7 @@ class SqliteStore:
         self.path = path
         self._executor = executor
         self._conn: sqlite3.Connection | None = None
-        self._source_cache: dict[str, tuple[int, str]] = {}  # device id: (source, patient)
+        self._source_cache: dict[tuple[str, str], int] = {}  # (device, patient): source
 
     @classmethod
     async def open(cls, url: str, *, base_dir: str = ".") -> SqliteStore:
@@ -793,32 +798,24 @@ class SqliteStore:
             received_at=EPOCH + MILLISECOND * received_ms,
         )
 
-    def _sources(self, observations: Sequence[Observation]) -> dict[str, tuple[int, str]]:
-        """Each device's source number, filing the new ones (inside the caller's
+    def _sources(self, observations: Sequence[Observation]) -> dict[tuple[str, str], int]:
+        """Each (device, patient)'s source number, filing the new ones (inside the caller's
         transaction: a rollback takes them back, so they are cached only after commit)."""
         known = self._source_cache
-        wanted = {o.device_id: o.patient_id for o in observations}
-        if len(wanted) != len({(o.device_id, o.patient_id) for o in observations}):
-            raise Conflict("a batch files one device's readings under two patients")
-        numbers: dict[str, tuple[int, str]] = {}
-        for device_id, patient_id in wanted.items():
-            cached = known.get(device_id)
-            if cached is None:
+        numbers: dict[tuple[str, str], int] = {}
+        for pair in {(o.device_id, o.patient_id) for o in observations}:
+            num = known.get(pair)
+            if num is None:
                 self.conn.execute(
                     "INSERT INTO observation_sources (device_id, patient_id) VALUES (?, ?)"
-                    " ON CONFLICT (device_id) DO NOTHING",
-                    (device_id, patient_id),
+                    " ON CONFLICT (device_id, patient_id) DO NOTHING",
+                    pair,
                 )
-                cached = self.conn.execute(
-                    "SELECT num, patient_id FROM observation_sources WHERE device_id = ?",
-                    (device_id,),
+                (num,) = self.conn.execute(
+                    "SELECT num FROM observation_sources WHERE device_id = ? AND patient_id = ?",
+                    pair,
                 ).fetchone()
-            num, owner = cached
-            if owner != patient_id:
-                raise Conflict(
-                    f"device {device_id} files readings for patient {owner}, not {patient_id}"
-                )
-            numbers[device_id] = cached
+            numbers[pair] = num
         return numbers
 
     def _add_observations(self, observations: Sequence[Observation]) -> int:
@@ -840,7 +837,7 @@ class SqliteStore:
                 sources = self._sources(observations)
                 rows = [
                     (
-                        sources[o.device_id][0],
+                        sources[o.device_id, o.patient_id],
                         (o.taken_at - EPOCH) // MILLISECOND,
                         o.code,
                         o.value,
@@ -853,10 +850,13 @@ class SqliteStore:
                 # stable, so of two readings with one key the first in the batch is kept.
                 rows.sort(key=_READING_KEY)
                 newest = {(row[0], row[2]): row[1] for row in rows}  # ascending: last wins
+                oldest = {(row[0], row[2]): row[1] for row in reversed(rows)}
                 before = conn.total_changes
                 self._insert_rows(_INSERT_READINGS, rows)
                 inserted = conn.total_changes - before
-                self._insert_rows(_UPSERT_SERIES, [(*key, ms) for key, ms in newest.items()])
+                self._insert_rows(
+                    _UPSERT_SERIES, [(*key, oldest[key], ms) for key, ms in newest.items()]
+                )
                 conn.execute("COMMIT")  # synchronous=FULL: durable once this returns
             except BaseException:
                 if conn.in_transaction:
@@ -891,13 +891,6 @@ class SqliteStore:
             return 0
         return await self._run(self._add_observations, observations)
 
-    def _patient_sources(self, patient_id: str) -> list[tuple[int, str]]:
-        return self.conn.execute(
-            "SELECT num, device_id FROM observation_sources WHERE patient_id = ?"
-            " ORDER BY device_id",
-            (patient_id,),
-        ).fetchall()
-
     def _observations(
         self,
         patient_id: str,
@@ -907,33 +900,47 @@ class SqliteStore:
         limit: int | None,
         newest_first: bool,
     ) -> list[Observation]:
-        # One query per device of the patient, each in key order (time, then code), merged
-        # by (time, device, code): a limit stops each query early, with no sort.
-        where = ["source = ?"]
-        params: list[Any] = []
-        if code is not None:
-            where.append("code = ?")
-            params.append(code)
-        if since is not None:
-            where.append("taken_ms >= ?")
-            params.append((since - EPOCH) // MILLISECOND)
-        if until is not None:
-            where.append("taken_ms <= ?")
-            params.append((until - EPOCH) // MILLISECOND)
+        # One query per device of the patient, each in key order (time, then code) and
+        # within the times its series span (a device that never sent the code is not
+        # read at all), merged by (time, device, code): a limit stops each query early,
+        # with no sort. One read transaction: every query sees the same commits.
+        lo = -(2**63) if since is None else (since.astimezone(UTC) - EPOCH) // MILLISECOND
+        hi = 2**63 - 1 if until is None else (until.astimezone(UTC) - EPOCH) // MILLISECOND
         order = "DESC" if newest_first else "ASC"
         sql = (
             "SELECT ?, ?, code, value, unit, taken_ms, received_ms"  # noqa: S608 (placeholders)
-            f" FROM observation_readings WHERE {' AND '.join(where)}"
-            f" ORDER BY taken_ms {order}, code {order}"
+            " FROM observation_readings WHERE source = ? AND taken_ms BETWEEN ? AND ?"
+            + ("" if code is None else " AND code = ?")
+            + f" ORDER BY taken_ms {order}, code {order}"
+            + ("" if limit is None else " LIMIT ?")
         )
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(limit)
+        extra = ([] if code is None else [code]) + ([] if limit is None else [limit])
+        conn = self.conn
         try:
-            per_device = [
-                self.conn.execute(sql, (patient_id, device_id, num, *params)).fetchall()
-                for num, device_id in self._patient_sources(patient_id)
-            ]
+            own = not conn.in_transaction  # (a restore may hold one open across calls)
+            if own:
+                conn.execute("BEGIN")
+            try:
+                spans = conn.execute(
+                    "SELECT s.num, s.device_id, min(z.oldest_ms), max(z.newest_ms)"  # noqa: S608
+                    " FROM observation_sources AS s"
+                    " JOIN observation_series AS z ON z.source = s.num"
+                    " WHERE s.patient_id = ?"
+                    + ("" if code is None else " AND z.code = ?")
+                    + " GROUP BY s.num",
+                    (patient_id,) if code is None else (patient_id, code),
+                ).fetchall()
+                per_device = [
+                    conn.execute(
+                        sql,
+                        (patient_id, device_id, num, max(lo, oldest), min(hi, newest), *extra),
+                    ).fetchall()
+                    for num, device_id, oldest, newest in spans
+                    if max(lo, oldest) <= min(hi, newest)
+                ]
+            finally:
+                if own:
+                    conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise StoreUnavailable(str(exc)) from exc
         merged = heapq.merge(
@@ -1963,9 +1970,11 @@ _INSERT_READINGS = (
     6,
 )
 _UPSERT_SERIES = (
-    "INSERT INTO observation_series (source, code, newest_ms) VALUES ",
-    " ON CONFLICT (source, code) DO UPDATE SET newest_ms = max(newest_ms, excluded.newest_ms)",
-    3,
+    "INSERT INTO observation_series (source, code, oldest_ms, newest_ms) VALUES ",
+    " ON CONFLICT (source, code) DO UPDATE SET"
+    " oldest_ms = min(oldest_ms, excluded.oldest_ms),"
+    " newest_ms = max(newest_ms, excluded.newest_ms)",
+    4,
 )
 
 # each collection's table and the key it is read in order of

@@ -1535,6 +1535,7 @@ async def test_sqlite_upgrades_the_readings_of_schema_6(tmp_path: Path) -> None:
         reading(2.5, code=SPO2, value=97.0),
         reading(1, device_id="d2", patient_id="p2", value=50.0),
         dataclasses.replace(reading(0, code=TEMPERATURE), taken_at=before_epoch),
+        reading(7, device_id="d1", patient_id="p3", value=61.0),  # a restore's leftover
     ]
     conn = sqlite3.connect(path, isolation_level=None)
     try:
@@ -1566,6 +1567,7 @@ async def test_sqlite_upgrades_the_readings_of_schema_6(tmp_path: Path) -> None:
         mine = [o for o in old if o.patient_id == "p1"]
         assert await store.observations("p1") == in_order(mine)
         assert await store.observations("p2") == [old[2]]
+        assert await store.observations("p3") == [old[4]]
         assert await store.latest_observations("p1") == sorted(
             [old[1], old[0], old[3]], key=lambda o: o.code
         )
@@ -1580,24 +1582,17 @@ async def test_sqlite_upgrades_the_readings_of_schema_6(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_sqlite_refuses_readings_filed_under_another_patient(tmp_path: Path) -> None:
-    """A device's readings belong to its patient: one batch naming another patient for it
-    is refused whole, by name, and nothing of it is stored."""
+async def test_sqlite_keeps_a_devices_readings_with_each_patient(tmp_path: Path) -> None:
+    """Ingestion files a device's readings under its enrolled patient; a restored backup
+    may hold one device's readings under two patients: each patient keeps their own."""
     store = await SqliteStore.open(f"sqlite:///{tmp_path / 'store.db'}")
     try:
-        assert await store.add_observations([reading(1)]) == 1
-        stray = reading(2, patient_id="p2")
-        with pytest.raises(Conflict, match="device d1 files readings for patient p1, not p2"):
-            await store.add_observations([reading(3, device_id="d9"), stray])
-        assert await store.observations("p1") == [reading(1)]
-        assert await store.observations("p2") == []
-        [row] = await store.rows("SELECT count(*) FROM observation_sources")
-        assert row[0] == 1  # d9's filing went back with the batch
-        new = reading(1, device_id="d7")
-        with pytest.raises(Conflict, match="one device's readings under two patients"):
-            await store.add_observations([new, dataclasses.replace(new, patient_id="p2")])
-        assert await store.observations("p2") == []
-        assert await store.add_observations([reading(3)]) == 1
+        theirs = reading(1, patient_id="p2", value=50.0)
+        assert await store.add_observations([reading(1), theirs, reading(2)]) == 3
+        assert await store.observations("p1") == [reading(1), reading(2)]
+        assert await store.observations("p2") == [theirs]
+        assert await store.latest_observations("p2") == [theirs]
+        assert await store.add_observations([theirs, reading(2)]) == 0
     finally:
         await store.close()
 
