@@ -61,6 +61,8 @@ STORE_POLL = 0.005  # seconds between looks at a commit in progress, when a batc
 # it runs: at the interpreter's default switch interval (5 ms) a 5,000-reading commit
 # waited 450 ms on a loaded 2-core machine, at 1 ms about 110 ms, for 35 ms of work.
 SWITCH_INTERVAL = 0.001
+_running = 0  # ingestors running in this process (the switch interval is the process's)
+_switch_before = 0.005
 
 OnStored = Callable[[Sequence[Observation]], Awaitable[None]]
 OnStatus = Callable[[Device, bool, datetime], Awaitable[None]]
@@ -88,6 +90,7 @@ class IngestStats:
     batches: int = 0
     store_retries: int = 0
     reconnects: int = 0
+    faults: int = 0  # unexpected errors the consumer restarted after
 
 
 @dataclass
@@ -123,26 +126,40 @@ class Ingestor:
 
     # the loop -----------------------------------------------------------------------
     async def run(self) -> None:
-        """Consume until cancelled, reconnecting with capped backoff. While it runs the
-        interpreter's switch interval is at most SWITCH_INTERVAL (then put back)."""
-        previous = sys.getswitchinterval()
-        sys.setswitchinterval(min(previous, SWITCH_INTERVAL))
+        """Consume until cancelled, reconnecting with capped backoff. While any ingestor
+        runs, the interpreter's switch interval is at most SWITCH_INTERVAL; the last one
+        to stop puts back what was there."""
+        global _switch_before, _running
+        if _running == 0:
+            _switch_before = sys.getswitchinterval()
+            sys.setswitchinterval(min(_switch_before, SWITCH_INTERVAL))
+        _running += 1
         try:
             await self._run()
         finally:
-            sys.setswitchinterval(previous)
+            _running -= 1
+            if _running == 0:
+                sys.setswitchinterval(_switch_before)
 
     async def _run(self) -> None:
         backoff = 0.5
         while True:
+            faulted = False
             try:
                 await self._session()
             except aiomqtt.MqttError as exc:
                 log.warning("ingest: MQTT connection lost (%s); retrying in %.1f s", exc, backoff)
+            except Exception:
+                # A fault of ours, or a store call failing in a way it should not: what was
+                # not acknowledged comes again once reconnected. Stopping here would stop
+                # every device's vitals until a restart; a fault that repeats backs off.
+                faulted = True
+                self.stats.faults += 1
+                log.exception("ingest: unexpected error; reconnecting in %.1f s", backoff)
             finally:
                 subscribed = self.connected.is_set()
                 self.connected.clear()
-            if subscribed:  # the connection worked: retry soon, back off only if it fails
+            if subscribed and not faulted:  # it worked: retry soon, back off only if it fails
                 backoff = 0.5
             self.stats.reconnects += 1
             await asyncio.sleep(backoff)

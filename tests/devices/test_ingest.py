@@ -141,6 +141,37 @@ async def test_readings_wait_for_the_store_and_none_is_lost(
     assert len(await real_rows(rig)) == 20
 
 
+async def test_an_unexpected_store_error_restarts_the_consumer_and_loses_nothing(
+    rig: Rig, ingesting: tuple[Ingestor, Stored]
+) -> None:
+    """A store call failing in a way it should not (not StoreUnavailable) does not stop
+    ingestion: the consumer reconnects and the unacknowledged readings come again."""
+    ingestor, stored = ingesting
+    enrolled = await rig.enroll()
+    real = rig.store.add_observations
+    failures = 0
+
+    async def faulty(batch: Sequence[Observation]) -> int:
+        nonlocal failures
+        if failures < 2:
+            failures += 1
+            raise RuntimeError("a bug (test)")
+        return await real(batch)
+
+    rig.store.add_observations = faulty  # type: ignore[method-assign]
+    async with device(enrolled) as d:
+        start = recent()
+        for i in range(10):
+            pack = [{"bt": start + i, "n": "hr", "v": 60 + i}]
+            await d.publish(enrolled.as_json()["topic"], json.dumps(pack), qos=1)
+        async with asyncio.timeout(20):
+            while len(await real_rows(rig)) < 10:
+                stored.changed.clear()
+                await stored.changed.wait()
+    assert ingestor.stats.faults == 2
+    assert len(await real_rows(rig)) == 10
+
+
 async def real_rows(rig: Rig) -> list[Observation]:
     return await rig.store.observations(rig.patient_id)
 
@@ -196,4 +227,26 @@ async def test_the_switch_interval_is_short_while_ingesting_and_put_back_after(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+    assert sys.getswitchinterval() == before
+
+
+async def test_two_ingestors_put_the_switch_interval_back_once_both_stop(rig: Rig) -> None:
+    before = sys.getswitchinterval()
+    first, second = (
+        Ingestor(rig.store, utcnow, rig.access, IngestSettings(client_id=f"test-switch-{n}"))
+        for n in (1, 2)
+    )
+    one = asyncio.create_task(first.run())
+    two = asyncio.create_task(second.run())
+    try:
+        async with asyncio.timeout(10):
+            await first.connected.wait()
+            await second.connected.wait()
+        one.cancel()
+        await asyncio.gather(one, return_exceptions=True)
+        assert sys.getswitchinterval() == SWITCH_INTERVAL  # the second still runs
+    finally:
+        one.cancel()
+        two.cancel()
+        await asyncio.gather(one, two, return_exceptions=True)
     assert sys.getswitchinterval() == before
