@@ -78,8 +78,13 @@ def payload(args: tuple[Any, ...]) -> Mapping[str, Any]:
 
 
 def _fields(
-    data: Mapping[str, Any], required: set[str], optional: frozenset[str] = frozenset()
+    data: Mapping[str, Any],
+    required: set[str] | frozenset[str],
+    optional: frozenset[str] = frozenset(),
 ) -> None:
+    names = data.keys()
+    if names >= required and names - required <= optional:
+        return  # the usual case, without sorting anything
     for name in sorted(required):
         if name not in data:
             raise EventRefused(f"{name}: missing")
@@ -178,12 +183,24 @@ def parse_precheck(data: Mapping[str, Any]) -> tuple[str | None, PreCheckReport]
     )
 
 
+# the fields of a signal: (visit_id required, its kind) -> (required, optional)
+_SIGNAL_FIELDS = {
+    (visit_required, kind): (
+        frozenset(_with_visit(visit_required)[0] | {kind}),
+        _with_visit(visit_required)[1] | {"to"},
+    )
+    for visit_required in (False, True)
+    for kind in ("description", "candidate")
+}
+_CANDIDATE_OPTIONAL = frozenset({"sdpMid", "sdpMLineIndex", "usernameFragment"})
+_CANDIDATE_REQUIRED = frozenset({"candidate"})
+
+
 def parse_signal(data: Mapping[str, Any], *, visit_required: bool) -> Signal:
-    required, optional = _with_visit(visit_required)
     kinds = [k for k in ("description", "candidate") if k in data]
     if len(kinds) != 1:
         raise EventRefused("a signal carries either a description or a candidate")
-    _fields(data, required | {kinds[0]}, optional | {"to"})
+    _fields(data, *_SIGNAL_FIELDS[visit_required, kinds[0]])
     found = visit_id(data, required=visit_required)
     to = _text(data, "to", PARTICIPANT_MAX) if "to" in data else None
     try:
@@ -211,7 +228,7 @@ def _candidate(value: Any) -> dict[str, Any] | None:
         return None  # the end of candidates
     if not isinstance(value, dict):
         raise EventRefused("expected an object or null")
-    _fields(value, {"candidate"}, frozenset({"sdpMid", "sdpMLineIndex", "usernameFragment"}))
+    _fields(value, _CANDIDATE_REQUIRED, _CANDIDATE_OPTIONAL)
     index = value.get("sdpMLineIndex")
     if index is not None and (
         isinstance(index, bool) or not isinstance(index, int) or not 0 <= index <= M_LINE_MAX

@@ -8,9 +8,15 @@
   connection of) a larger message before any handler sees it.
 - Loggers are off: nothing of an event's content (media descriptions, chat) may reach a
   log line.
-- Engine.IO starts per-socket tasks (pings, writers, one task per event) and forgets
-  them; this server keeps a reference to each, so that `stop` cancels and awaits what is
-  left.
+- A client's events are handled one after the other, in the order they came, in the
+  task that reads its socket (`async_handlers=False`): no task per event, and a sender's
+  order holds by construction. A slow event (a store write) delays only that client's
+  next events, which waited for it anyway (the visit rooms' per-connection lock).
+- Packets, emits and acknowledgements go through `signaling.wire` (python-socketio's
+  classes without the per-event work a relayed signal does not need).
+- Engine.IO starts per-socket tasks (pings, and its service task) and forgets them; this
+  server keeps a reference to each, so that `stop` cancels and awaits what is left. A
+  WebSocket's writer task belongs to the request that serves it (`signaling.websocket`).
 - The garbage collector, while the server runs, collects its young generation every
   `GC_THRESHOLDS` allocations instead of CPython's 700 (see `_tune_collector`).
 """
@@ -25,17 +31,19 @@ from typing import Any
 import socketio
 from aiohttp import web
 
+from signaling import wire
 from telemed.settings import SignalingSettings
 
 log = logging.getLogger(__name__)
 
 SUBSCRIBE_TIMEOUT = 10.0  # seconds for the Redis manager to subscribe at start-up
 STOP_TIMEOUT = 10.0
-# Each connected socket keeps about six tasks alive in python-engineio and aiohttp (its
-# reader, writer, ping, and their `wait_for`s), re-created every ping (25 s): with
-# CPython's thresholds (700, 10, 10) the ones that live a second or more reach the oldest
-# generation fast enough to start a full collection every 5-10 s at 5,000 sockets, and a
-# full collection walks every object of every socket: 1-2 s with the event loop stopped
+# Each connected socket kept about six tasks alive in python-engineio and aiohttp (its
+# reader, writer, ping, and their `wait_for`s; three since `signaling.websocket`), some
+# re-created every ping (25 s): with CPython's thresholds (700, 10, 10) the ones that
+# live a second or more reach the oldest generation fast enough to start a full
+# collection every 5-10 s at 5,000 sockets, and a full collection walks every object
+# of every socket: 1-2 s with the event loop stopped
 # (measured in bench/signaling.py: relay p99 1.3 s). With a young generation of 10,000
 # allocations, short-lived objects (a relayed event's task, packets, dicts) die young,
 # and a full collection waits for 100 middle ones (CPython still also waits until the
@@ -46,12 +54,16 @@ GC_THRESHOLDS = (10_000, 10, 100)
 class SignalingServer:
     def __init__(self, settings: SignalingSettings) -> None:
         self.settings = settings
+        wire.check_library()
         self.manager: Any = None
+        rooms: socketio.AsyncManager = wire.LocalRooms()
         if settings.redis_url:
-            self.manager = socketio.AsyncRedisManager(settings.redis_url)
-        self.sio: Any = socketio.AsyncServer(
+            self.manager = rooms = wire.SharedRooms(settings.redis_url)
+        self.sio: Any = wire.Server(
             async_mode="aiohttp",
-            client_manager=self.manager,
+            client_manager=rooms,
+            serializer=wire.Packet,
+            async_handlers=False,
             logger=False,
             engineio_logger=False,
             max_http_buffer_size=settings.max_event_bytes,

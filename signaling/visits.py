@@ -12,11 +12,16 @@ offer/answer/ICE exchange of a video visit, as docs/visit-protocol.md specifies.
   and the guests get `visit` and the visit's clinician gets `queue`.
 - Every event is checked strictly (`signaling.events`) and answered through its ack:
   `{"ok": true, ...}` or `{"ok": false, "error": "..."}`. A refused event changes nothing.
+  An event sent without an ack (the pages send `signal`, `media`, `media_mode` and
+  `quality` so) gets nothing back when it is accepted, and a `refused` event
+  `{"event", "error"}` when it is not.
 - Per connection: a token bucket (`signaling.events_per_second`, `event_burst`); a
   connection that keeps going past it is disconnected.
-- python-socketio runs each event in its own task: the connection's lock is the first
-  thing a handler awaits, so a sender's events are handled, and relayed, in the order
-  they came (an offer before its ICE candidates), in this process and through Redis.
+- A connection's events are handled one at a time, in the order they came, by the task
+  that reads it (`signaling.server`); the connection's lock is still the first thing a
+  handler awaits, so that its welcome and its disconnect (other tasks) never interleave
+  with an event. A sender's events are relayed in order (an offer before its ICE
+  candidates), in this process and through Redis.
 - Who is connected and who sits in a call, across processes, is the `Roster`'s.
 - Nothing of a signal, a chat line or a quality sample is logged; chat is never stored.
 """
@@ -53,6 +58,7 @@ from signaling.events import (
 )
 from signaling.relay_desk import MediaMode, RelayDesk, RelayOff
 from signaling.roster import Roster
+from signaling.wire import acknowledging
 from telemed import sessions
 from telemed.accounts import User
 from telemed.api_json import media_json, observation_json, optional_iso, precheck_json
@@ -225,12 +231,22 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
         ):
             # a connected client sending an event by a reserved name, not the server's
             # own connect or disconnect (during those the sid is pending, not connected)
-            return refusal("unknown event")
+            return await self._answer(event, args[0], refusal("unknown event"))
         if event == "connect":
             return await self._connect(*args)
         if event == "disconnect":
             return await self._disconnect(args[0])
-        sid, data = args[0], args[1:]
+        return await self._answer(event, args[0], await self._event(event, args[0], args[1:]))
+
+    async def _answer(self, event: Any, sid: str, answer: dict[str, Any]) -> dict[str, Any]:
+        """The answer goes back as the event's ack; an event sent without one hears only
+        of a refusal, as a `refused` event."""
+        if not answer["ok"] and not acknowledging():
+            name = event if isinstance(event, str) and event in self._handlers else ""
+            await self.emit("refused", {"event": name, "error": answer["error"]}, to=sid)
+        return answer
+
+    async def _event(self, event: Any, sid: str, data: tuple[Any, ...]) -> dict[str, Any]:
         peer = self._peers.get(sid)
         if peer is None:
             return refusal("not connected")

@@ -153,6 +153,7 @@
         layout: (m) => this.mine(m) && this.mode === "relay" && this.applyLayout(m.slots, m.seq),
         recording: (m) => this.mine(m) && this.notify("onRecording", Boolean(m.active)),
         recording_consent: (m) => this.mine(m) && this.notify("onConsent", { from: m.from, consent: Boolean(m.consent) }),
+        refused: (m) => m && this.notify("onError", new Error(String(m.event) + ": " + String(m.error))),
       };
       for (const name of Object.keys(this.handlers)) this.socket.on(name, this.handlers[name]);
       this.statsTimer = setInterval(() => this.sampleStats(), STATS_EVERY_MS);
@@ -681,10 +682,10 @@
 
     emit(event, payload) {
       // Not queued while the socket is down: after a reconnect the call starts afresh.
+      // Sent without an acknowledgement: the server answers only a refusal, as a
+      // `refused` event (half the frames for the stream of ICE candidates).
       if (this.closed || !this.socket.connected) return;
-      this.socket.emit(event, payload, (ack) => {
-        if (ack && ack.ok === false) this.notify("onError", new Error(event + ": " + ack.error));
-      });
+      this.socket.emit(event, payload);
     }
 
     request(event, payload) {

@@ -130,7 +130,7 @@ class VisitSocket:
         self.gone = asyncio.Event()
         for name in (
             *("visit", "queue", "call", "peer", "signal", "chat", "media", "quality"),
-            *("media_mode", "layout", "recording", "recording_consent"),
+            *("media_mode", "layout", "recording", "recording_consent", "refused"),
         ):
             self.sio.on(name, self._recorder(name), namespace=NAMESPACE)
         self.sio.on("call_over", self._recorder("call_over"), namespace=NAMESPACE)
@@ -160,7 +160,7 @@ class VisitSocket:
         url: str,
         cookie: str,
         *,
-        transport: str = "websocket",
+        transport: str | list[str] = "websocket",
         headers: dict[str, str] | None = None,
         auth: dict[str, Any] | None = None,
     ) -> None:
@@ -169,7 +169,7 @@ class VisitSocket:
             auth=auth,
             headers={**({"Cookie": cookie} if cookie else {}), **(headers or {})},
             namespaces=[NAMESPACE],
-            transports=[transport],
+            transports=[transport] if isinstance(transport, str) else transport,
             wait_timeout=WAIT,
         )
 
@@ -202,6 +202,11 @@ class VisitSocket:
         await self.sio.emit(event, data, namespace=NAMESPACE, callback=acknowledged)
         return answer
 
+    async def send(self, event: str, data: Any) -> None:
+        """Send without an acknowledgement, as the pages send `signal`: the server answers
+        only a refusal, with a `refused` event."""
+        await self.sio.emit(event, data, namespace=NAMESPACE)
+
     async def wait_gone(self) -> None:
         async with asyncio.timeout(WAIT):
             await self.gone.wait()
@@ -224,7 +229,8 @@ class Sockets:
         return str(self.client.make_url("/"))
 
     async def patient(self, booked: Booked | str, **options: Any) -> VisitSocket:
-        """`options`: `transport` ("websocket" or "polling"), extra `headers`, `auth`."""
+        """`options`: `transport` ("websocket", "polling", or a list: ["polling",
+        "websocket"] upgrades), extra `headers`, `auth`."""
         cookie = booked.cookie if isinstance(booked, Booked) else booked
         return await self._open(f"telemed_visit={cookie}", **options)
 

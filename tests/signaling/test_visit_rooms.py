@@ -509,6 +509,61 @@ async def test_a_burst_of_signals_arrives_in_order(
     assert all(a["ok"] for a in [await f for f in answers])
 
 
+@SHARING
+async def test_signals_sent_without_an_ack_are_relayed_in_order_and_only_refusals_answer(
+    client: Client, people: People, book: Book, sockets: Sockets
+) -> None:
+    booked = await book()
+    doctor, patient = await in_call(sockets, booked, people.doctor_a.email)
+    count = 150  # within the default burst (200)
+    for n in range(count):
+        await patient.send("signal", {"candidate": candidate(n)})
+    await patient.send("signal", {"candidate": {"candidate": 5}})
+    await patient.send("no_such_event", {})
+    got = [(await doctor.next("signal"))["candidate"]["candidate"] for _ in range(count)]
+    assert got == [candidate(n)["candidate"] for n in range(count)]
+    # the accepted signals came first and answered nothing: the first `refused` is the
+    # malformed one's, and an unknown event's name is not echoed
+    assert await patient.next("refused") == {
+        "event": "signal",
+        "error": "candidate.candidate: expected a string",
+    }
+    assert await patient.next("refused") == {"event": "", "error": "unknown event"}
+    # an event sent with an ack is answered through it, not with `refused`
+    wrong = {"visit_id": "another", "candidate": candidate(7)}
+    assert await patient.call("signal", wrong) == {"ok": False, "error": "visit_id: not your visit"}
+    assert (await doctor.call("signal", {"visit_id": booked.id, "candidate": candidate(8)}))["ok"]
+    assert (await patient.next("signal"))["candidate"] == candidate(8)
+    assert patient.queues["refused"].empty()
+    assert doctor.queues["refused"].empty()
+    assert doctor.queues["signal"].empty()  # nothing of the refused ones reached the doctor
+
+
+@pytest.mark.parametrize(
+    "signaling_env",
+    [{"TELEMED_SIGNALING_EVENTS_PER_SECOND": "1", "TELEMED_SIGNALING_EVENT_BURST": "5"}],
+    indirect=True,
+)
+async def test_events_without_an_ack_past_the_rate_are_refused_then_disconnected(
+    client: Client, people: People, book: Book, sockets: Sockets, signaling_env: dict[str, str]
+) -> None:
+    ticks = Ticks()
+    client.app[VISIT_ROOMS].ticks = ticks
+    booked = await book()
+    doctor, patient = await in_call(sockets, booked, people.doctor_a.email)
+    for n in range(6):  # `join_call` took one of the 5
+        await patient.send("signal", {"candidate": candidate(n)})
+    assert [(await doctor.next("signal"))["candidate"] for _ in range(4)] == [
+        candidate(n) for n in range(4)
+    ]
+    refused = [await patient.next("refused") for _ in range(2)]
+    assert refused == [{"event": "signal", "error": "rate limited"}] * 2
+    for n in range(20):  # keeps going
+        await patient.send("signal", {"candidate": candidate(n)})
+    await patient.wait_gone()
+    assert doctor.queues["signal"].empty()
+
+
 async def test_quality_is_relayed_every_time_and_stored_once_per_side_every_10_s(
     client: Client, people: People, book: Book, sockets: Sockets, clock: FakeClock
 ) -> None:

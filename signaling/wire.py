@@ -1,0 +1,185 @@
+"""How this process's Socket.IO events go on the wire: python-socketio's own classes, with
+the per-event work they do that a relayed `signal` does not need taken out.
+
+Measured with bench/signaling.py (py-spy on the server), a relayed `signal` went through
+a task for the handler (gone with `async_handlers=False`, signaling/server.py), a task
+per recipient of every emit plus an `asyncio.wait` on them, a new `json.JSONDecoder` for
+every packet read and a new encoder for every packet written, and a recursive binary
+check of every payload sent. What is here keeps python-socketio's behaviour and frames
+exactly, without that work:
+
+- `Packet`: the same encoding, with one decoder and one encoder made once
+  (`serializer=Packet`: the class is this server's, python-socketio's stays as it is for
+  any other server or client of the process).
+- `LocalRooms` / `SharedRooms`: the client managers (rooms in this process, or shared
+  through Redis), whose emit sends to each recipient in turn. A send only puts the frame
+  on the socket's queue (Engine.IO's writer task writes it), so a task per recipient
+  bought nothing but its own cost; order per recipient is what it was.
+- `Server`: python-socketio's `AsyncServer`, which tells the event's handler whether the
+  client asked for an acknowledgement (`acknowledging()`): a client that did not is told
+  of a refusal another way (see signaling/visits.py). Its Engine.IO server serves
+  WebSockets with `signaling.websocket`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from contextvars import ContextVar
+from types import NoneType
+from typing import Any
+
+import socketio
+from engineio import packet as eio_packet
+from socketio import packet as sio_packet
+
+from signaling.websocket import Engine
+
+# True while handling an event the client sent with an ack id, or outside of events
+_ACKNOWLEDGING: ContextVar[bool] = ContextVar("socketio_acknowledging", default=True)
+
+INT_DIGITS_MAX = 100  # python-engineio's guard against huge integers in JSON
+
+
+def acknowledging() -> bool:
+    """Whether the client event being handled asked for an acknowledgement."""
+    return _ACKNOWLEDGING.get()
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > INT_DIGITS_MAX:
+        raise ValueError("Integer is too large")
+    return int(text)
+
+
+# tuples, not `X | Y`: isinstance with a union is several times slower on Python 3.11
+_BINARY = (bytes, bytearray)
+_SCALARS = (str, int, float, NoneType)
+
+
+class _Json:
+    """`dumps` and `loads` as python-socketio calls them (`separators=(",", ":")`), each
+    with its encoder or decoder made once instead of per call."""
+
+    _encoder = json.JSONEncoder(separators=(",", ":"))
+    _decoder = json.JSONDecoder(parse_int=_bounded_int)
+
+    @classmethod
+    def dumps(cls, obj: Any, **_: Any) -> str:
+        return cls._encoder.encode(obj)
+
+    @classmethod
+    def loads(cls, text: str | bytes, **_: Any) -> Any:
+        if isinstance(text, _BINARY):
+            text = text.decode("utf-8")
+        return cls._decoder.decode(text)
+
+
+def _binary(data: Any) -> bool:
+    """Whether `data` holds bytes anywhere (python-socketio's check, without a call per
+    string and number)."""
+    if isinstance(data, _BINARY):
+        return True
+    if isinstance(data, dict):
+        data = data.values()
+    elif not isinstance(data, list):
+        return False
+    for item in data:
+        if isinstance(item, _SCALARS):
+            continue
+        if _binary(item):
+            return True
+    return False
+
+
+class Packet(sio_packet.Packet):  # type: ignore[misc]
+    """python-socketio's packet: the same frames, cheaper to make and to read."""
+
+    json = _Json
+
+    @classmethod
+    def data_is_binary(cls, data: Any) -> bool:
+        return _binary(data)
+
+
+class InlineEmits(socketio.AsyncManager):  # type: ignore[misc]
+    """`AsyncManager.emit` without a task per recipient (see the module's docstring).
+    Emits with a callback (none in this project) keep python-socketio's way."""
+
+    async def emit(
+        self,
+        event: str,
+        data: Any,
+        namespace: str,
+        room: Any = None,
+        skip_sid: Any = None,
+        callback: Any = None,
+        to: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        if callback is not None:
+            await super().emit(
+                event, data, namespace, room=room, skip_sid=skip_sid, callback=callback, to=to
+            )
+            return
+        room = to or room
+        if namespace not in self.rooms:
+            return
+        if isinstance(data, tuple):
+            args = list(data)
+        elif data is not None:
+            args = [data]
+        else:
+            args = []
+        skip = skip_sid if isinstance(skip_sid, list) else [skip_sid]
+        encoded = self.server.packet_class(
+            sio_packet.EVENT, namespace=namespace, data=[event, *args]
+        ).encode()
+        frames = [
+            eio_packet.Packet(eio_packet.MESSAGE, part)
+            for part in (encoded if isinstance(encoded, list) else [encoded])
+        ]
+        send = self.server.eio.send_packet
+        for sid, eio_sid in self.get_participants(namespace, room):
+            if sid not in skip:
+                for frame in frames:
+                    await send(eio_sid, frame)
+
+
+class LocalRooms(InlineEmits):
+    """Rooms in this process."""
+
+
+class SharedRooms(socketio.AsyncRedisManager, InlineEmits):  # type: ignore[misc]
+    """Rooms shared through Redis: emits are published as python-socketio does, and each
+    process delivers to its own members with `InlineEmits.emit`."""
+
+
+class Server(socketio.AsyncServer):  # type: ignore[misc]
+    """python-socketio's `AsyncServer`, marking each client event with whether it asked
+    for an acknowledgement (`acknowledging()`, read by the namespace's handlers), on the
+    Engine.IO server of `signaling.websocket`."""
+
+    def _engineio_server_class(self) -> type[Engine]:
+        return Engine
+
+    async def _handle_event_internal(
+        self, server: Any, sid: str, eio_sid: str, data: Any, namespace: str, id: Any
+    ) -> None:
+        token = _ACKNOWLEDGING.set(id is not None)
+        try:
+            await super()._handle_event_internal(server, sid, eio_sid, data, namespace, id)
+        finally:
+            _ACKNOWLEDGING.reset(token)
+
+
+def check_library() -> None:
+    """Fail at start-up, naming it, if python-socketio no longer has the method `Server`
+    builds on, in the shape it expects."""
+    method = getattr(socketio.AsyncServer, "_handle_event_internal", None)
+    wanted = ["self", "server", "sid", "eio_sid", "data", "namespace", "id"]
+    if method is None or list(inspect.signature(method).parameters) != wanted:
+        raise RuntimeError(
+            "python-socketio: AsyncServer._handle_event_internal(server, sid, eio_sid, data, "
+            "namespace, id) is gone or changed; signaling/wire.py needs updating"
+        )

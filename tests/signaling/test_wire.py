@@ -1,0 +1,78 @@
+"""`signaling.wire`'s packets against python-socketio's own: the same frames both ways,
+binary payloads still noticed, huge integers still refused."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import socketio
+from socketio import packet as sio_packet
+
+from signaling.wire import Packet, acknowledging, check_library
+
+PAYLOADS: list[Any] = [
+    [
+        "signal",
+        {
+            "visit_id": "v1",
+            "from": "patient",
+            "candidate": {
+                "candidate": "c 1",
+                "sdpMid": "0",
+                "sdpMLineIndex": 0,
+                "usernameFragment": None,
+            },
+        },
+    ],
+    ["chat", {"text": 'é ✓ \u2028 "quoted" </script>', "n": 1.5, "ok": True, "none": None}],
+    ["queue", {"visits": [{"a": [1, 2, {"b": []}]}]}],
+    [],
+]
+
+
+@pytest.mark.parametrize("data", PAYLOADS)
+@pytest.mark.parametrize("kind", [sio_packet.EVENT, sio_packet.ACK])
+def test_frames_are_python_socketios(data: list[Any], kind: int) -> None:
+    ours = Packet(kind, namespace="/visit", data=data, id=7 if kind == sio_packet.ACK else None)
+    theirs = sio_packet.Packet(
+        kind, namespace="/visit", data=data, id=7 if kind == sio_packet.ACK else None
+    )
+    assert ours.encode() == theirs.encode()
+    back = Packet(encoded_packet=theirs.encode())
+    assert (back.packet_type, back.namespace, back.id, back.data) == (kind, "/visit", ours.id, data)
+
+
+def test_a_payload_with_bytes_is_still_a_binary_packet() -> None:
+    nested = ["media", {"frames": [{"chunk": b"\x00\x01"}]}]
+    assert Packet(sio_packet.EVENT, data=nested).packet_type == sio_packet.BINARY_EVENT
+    assert sio_packet.Packet(sio_packet.EVENT, data=nested).packet_type == sio_packet.BINARY_EVENT
+    assert Packet(sio_packet.EVENT, data=["x", {"y": "z"}]).packet_type == sio_packet.EVENT
+
+
+def test_a_huge_integer_is_refused_as_python_socketio_refuses_it() -> None:
+    frame = '2/visit,["signal",{"n":' + "9" * 101 + "}]"
+    with pytest.raises(ValueError, match="too large"):
+        Packet(encoded_packet=frame)
+    with pytest.raises(ValueError, match="too large"):
+        sio_packet.Packet(encoded_packet=frame)
+    assert Packet(encoded_packet='2/visit,["x",{"n":' + "9" * 100 + "}]").data[1]["n"] > 0
+
+
+def test_start_up_fails_naming_the_method_if_python_socketio_changes_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    check_library()  # the installed python-socketio is what `Server` builds on
+
+    async def reshaped(self: Any, sid: str, data: Any, namespace: str) -> None: ...
+
+    monkeypatch.setattr(socketio.AsyncServer, "_handle_event_internal", reshaped)
+    with pytest.raises(RuntimeError, match="_handle_event_internal"):
+        check_library()
+    monkeypatch.delattr(socketio.AsyncServer, "_handle_event_internal")
+    with pytest.raises(RuntimeError, match="_handle_event_internal"):
+        check_library()
+
+
+def test_outside_an_event_nothing_is_taken_for_an_ack_less_one() -> None:
+    assert acknowledging() is True
