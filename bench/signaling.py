@@ -8,10 +8,12 @@ One run, two phases over the same load shape, each against one server process:
    process). `--clients` sockets are connected on `/visit`: patients waiting in their
    clinicians' queues (`--per-clinician` each), plus `--pairs` visits in a call (the
    doctor admits, the patient joins). In each pair the patient and the doctor bounce
-   `signal` events (ICE candidates) back and forth, `--window` in flight per pair, every
-   event with its acknowledgement as the protocol wants;
-   The clients speak the Socket.IO protocol themselves (`RawSocketIO`: Engine.IO v4
-   frames on an aiohttp WebSocket, one reader task per socket), or, with
+   `signal` events (ICE candidates) back and forth, `--window` in flight per pair, sent
+   as the pages send them: without an acknowledgement (the server answers only a
+   refusal, with a `refused` event); `--acks` asks for one with every signal, as the
+   pages did before. The clients speak the Socket.IO protocol themselves
+   (`RawSocketIO`: Engine.IO v4 frames on an aiohttp WebSocket, one reader task per
+   socket), or, with
    `--idle-clients sio` / `--pair-clients sio`, are python-socketio `AsyncClient`s. A
    waiting patient counts as connected once the server's first `visit` reached it (its
    connect work on the server is over), so the measured window starts on a quiet server.
@@ -33,7 +35,7 @@ FILE` runs py-spy on the Socket.IO server during phase 1 and prints its top func
 
 The last line printed is JSON: clients, p50_ms, p99_ms, msgs_per_s, baseline_msgs_per_s,
 baseline_p99_ms, ratio (msgs_per_s / baseline_msgs_per_s), refused (signals answered
-`ok: false`: 0), CPU figures and the settings. bench/README.md reads them.
+`ok: false` or `refused`: 0), CPU figures and the settings. bench/README.md reads them.
 """
 
 from __future__ import annotations
@@ -151,7 +153,8 @@ class RawSocketIO:
     """A Socket.IO v5 client on a bare aiohttp WebSocket (Engine.IO v4, namespace `/visit`):
     the open packet `0{...}`, namespace connect `40/visit,`, the server's pings `2` answered
     `3`, events `42/visit,[name, data]`, emits with an ack id `42/visit,N[...]` answered
-    `43/visit,N[...]`. The same frames python-socketio's client sends, without its tasks
+    `43/visit,N[...]`, or without one `42/visit,[...]`. The same frames python-socketio's
+    client sends, without its tasks
     per event, its queue and its write loop: thousands of these fit in one load process."""
 
     PREFIX = "/visit,"
@@ -200,6 +203,8 @@ class RawSocketIO:
             elif frame.startswith("42" + self.PREFIX):
                 event, data = json.loads(frame[n:])
                 self.welcomed.set()
+                if event == "refused":
+                    self.refused += 1
                 handler = self.handlers.get(event)
                 if handler is not None:
                     await handler(data)  # in order, as the page's handlers run
@@ -221,6 +226,11 @@ class RawSocketIO:
         await self.ws.send_str(
             f"42{self.PREFIX}{self.next_id}" + json.dumps([event, data], separators=(",", ":"))
         )
+
+    async def send(self, event: str, data: dict[str, Any]) -> None:
+        """Send an event without an ack id: only a refusal comes back (`refused`)."""
+        frame = json.dumps([event, data], separators=(",", ":"))
+        await self.ws.send_str(f"42{self.PREFIX}{frame}")
 
     async def call(self, event: str, data: dict[str, Any]) -> Any:
         self.next_id += 1
@@ -251,11 +261,16 @@ class SioPeer:
         import socketio
 
         client = socketio.AsyncClient(reconnection=False)
+        peer = cls(client)
+        client.on("refused", peer._refused, namespace="/visit")
         await client.connect(
             url, headers={"Cookie": cookie}, namespaces=["/visit"], transports=["websocket"],
             wait_timeout=60,
         )  # fmt: skip
-        return cls(client)
+        return peer
+
+    def _refused(self, data: Any = None) -> None:
+        self.refused += 1
 
     def on(self, event: str, handler: Any) -> None:
         self.client.on(event, handler, namespace="/visit")
@@ -266,6 +281,9 @@ class SioPeer:
 
     async def emit(self, event: str, data: dict[str, Any]) -> None:
         await self.client.emit(event, data, namespace="/visit", callback=self._acked)
+
+    async def send(self, event: str, data: dict[str, Any]) -> None:
+        await self.client.emit(event, data, namespace="/visit")
 
     async def call(self, event: str, data: dict[str, Any]) -> Any:
         return await self.client.call(event, data, namespace="/visit", timeout=30)
@@ -339,11 +357,13 @@ async def load_socketio(a: argparse.Namespace, part: dict[str, Any], tally: Tall
             ) -> None:
                 tally.hop(int(data["candidate"]["candidate"].split()[1]))
                 if time.monotonic() < tally.window_end + 1:
-                    await me.emit("signal", {**body, "candidate": candidate_now()})
+                    signal = {**body, "candidate": candidate_now()}
+                    await (me.emit if a.acks else me.send)("signal", signal)
 
             me.on("signal", bounce)
         for _ in range(a.window):
-            await patient.emit("signal", {"candidate": candidate_now()})
+            signal = {"candidate": candidate_now()}
+            await (patient.emit if a.acks else patient.send)("signal", signal)
     await asyncio.sleep(max(0.0, tally.window_end - time.monotonic() + 1.5))
     tally.refused = sum(p.refused + d.refused for _, p, d in pairs)
     for _, patient, doctor in pairs:
@@ -499,6 +519,7 @@ def phase(
                 a.idle_clients,
                 "--pair-clients",
                 a.pair_clients,
+                *(["--acks"] if a.acks else []),
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -685,6 +706,7 @@ def coordinate(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "idle_clients": a.idle_clients,
         "pair_clients": a.pair_clients,
         "window": a.window,
+        "acks": a.acks,
         "workers": a.workers,
         "seconds": a.seconds,
         "cores": os.cpu_count(),
@@ -706,6 +728,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--pair-clients", choices=("raw", "sio"), default="raw",
         help="the peers in a call: raw Socket.IO frames on aiohttp, or python-socketio clients",
+    )  # fmt: skip
+    p.add_argument(
+        "--acks", action="store_true",
+        help="every signal asks for an acknowledgement (the pages no longer do)",
     )  # fmt: skip
     p.add_argument("--workers", type=int, default=2, help="load processes")
     p.add_argument("--seconds", type=float, default=20.0, help="length of each phase")
