@@ -45,7 +45,7 @@ from devices.payloads import decode_rows
 from devices.readings import Refusal
 from telemed.clock import Clock
 from telemed.errors import StoreUnavailable
-from telemed.monitoring import Device, Observation
+from telemed.monitoring import Device, Observation, observations_from_rows
 from telemed.store import Store
 
 log = logging.getLogger(__name__)
@@ -294,11 +294,8 @@ class Ingestor:
         rows, refusals = decode_rows(
             bytes(raw), now=now, max_age=s.max_age, max_skew=s.max_skew, max_bytes=s.max_bytes
         )
-        patient_id, device_id = device.patient_id, device.id
-        batch.observations += [
-            Observation(patient_id, device_id, code, value, unit, taken_at, now)
-            for code, value, unit, taken_at in rows
-        ]
+        device_id = device.id
+        batch.observations += observations_from_rows(device.patient_id, device_id, rows, now)
         for refusal in refusals:
             batch.refusals.append((device_id, refusal))
 

@@ -7,7 +7,7 @@ it keeps is these. Clinical defaults (thresholds, NEWS2) live in `devices/`, not
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -43,6 +43,46 @@ class Observation:
     @property
     def key(self) -> tuple[str, str, datetime]:
         return (self.device_id, self.code, self.taken_at)
+
+
+_new = object.__new__
+_SET_PATIENT, _SET_DEVICE, _SET_CODE, _SET_VALUE, _SET_UNIT, _SET_TAKEN, _SET_RECEIVED = (
+    Observation.__dict__[name].__set__
+    for name in (
+        "patient_id",
+        "device_id",
+        "code",
+        "value",
+        "unit",
+        "taken_at",
+        "received_at",
+    )
+)
+
+
+def observations_from_rows(
+    patient_id: str,
+    device_id: str,
+    rows: Iterable[tuple[str, float, str, datetime]],
+    received_at: datetime,
+) -> list[Observation]:
+    """`Observation(patient_id, device_id, code, value, unit, taken_at, received_at)` for
+    each (code, value, unit, taken_at) row: the same objects, each field set through its
+    slot as the frozen dataclass's own `__init__` does, without its per-field lookups (half
+    the time; ingestion makes one per reading)."""
+    out: list[Observation] = []
+    append = out.append
+    for code, value, unit, taken_at in rows:
+        o = _new(Observation)
+        _SET_PATIENT(o, patient_id)
+        _SET_DEVICE(o, device_id)
+        _SET_CODE(o, code)
+        _SET_VALUE(o, value)
+        _SET_UNIT(o, unit)
+        _SET_TAKEN(o, taken_at)
+        _SET_RECEIVED(o, received_at)
+        append(o)
+    return out
 
 
 class Severity(StrEnum):
