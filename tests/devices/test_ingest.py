@@ -128,15 +128,7 @@ async def test_readings_wait_for_the_store_and_none_is_lost(
         return await real(batch)
 
     rig.store.add_observations = flaky  # type: ignore[method-assign]
-    async with device(enrolled) as d:
-        start = recent()
-        for i in range(20):
-            pack = [{"bt": start + i, "n": "hr", "v": 60 + i}]
-            await d.publish(enrolled.as_json()["topic"], json.dumps(pack), qos=1)
-        async with asyncio.timeout(20):
-            while len(await real_rows(rig)) < 20:
-                stored.changed.clear()
-                await stored.changed.wait()
+    await stream_until_stored(rig, stored, enrolled, 20)
     assert ingestor.stats.store_retries >= 3
     assert len(await real_rows(rig)) == 20
 
@@ -159,21 +151,26 @@ async def test_an_unexpected_store_error_restarts_the_consumer_and_loses_nothing
         return await real(batch)
 
     rig.store.add_observations = faulty  # type: ignore[method-assign]
-    async with device(enrolled) as d:
-        start = recent()
-        for i in range(10):
-            pack = [{"bt": start + i, "n": "hr", "v": 60 + i}]
-            await d.publish(enrolled.as_json()["topic"], json.dumps(pack), qos=1)
-        async with asyncio.timeout(20):
-            while len(await real_rows(rig)) < 10:
-                stored.changed.clear()
-                await stored.changed.wait()
+    await stream_until_stored(rig, stored, enrolled, 10)
     assert ingestor.stats.faults == 2
     assert len(await real_rows(rig)) == 10
 
 
 async def real_rows(rig: Rig) -> list[Observation]:
     return await rig.store.observations(rig.patient_id)
+
+
+async def stream_until_stored(rig: Rig, stored: Stored, enrolled: Enrolled, count: int) -> None:
+    """`count` one-reading packs from the device, then wait until all are in the store."""
+    async with device(enrolled) as d:
+        start = recent()
+        for i in range(count):
+            pack = [{"bt": start + i, "n": "hr", "v": 60 + i}]
+            await d.publish(enrolled.as_json()["topic"], json.dumps(pack), qos=1)
+        async with asyncio.timeout(20):
+            while len(await real_rows(rig)) < count:
+                stored.changed.clear()
+                await stored.changed.wait()
 
 
 async def test_presence_from_the_status_topic_and_the_last_will(
