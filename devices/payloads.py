@@ -103,6 +103,41 @@ def decode_rows(
     return rows, tuple(refusals)
 
 
+class _Window:
+    """The accepted times, in whole microseconds since the epoch. `ms` computes exactly
+    what `_time` does with datetimes (timedelta rounds seconds to microseconds half to
+    even, as `round` does; truncating to milliseconds floors), without them."""
+
+    __slots__ = ("earliest_us", "latest_us", "now_seconds", "now_us")
+
+    def __init__(self, now: datetime, max_age: timedelta, max_skew: timedelta) -> None:
+        self.now_us = (now - EPOCH) // _US
+        self.now_seconds = now.timestamp()
+        self.earliest_us = self.now_us - max_age // _US
+        self.latest_us = self.now_us + max_skew // _US
+
+    def ms(self, seconds: float) -> int | None:
+        """Milliseconds since the epoch of a reading's time (below 2**28: relative to
+        now), or None when it is outside the window or not a time to compute this way."""
+        if seconds < RELATIVE_LIMIT:
+            start, ahead = self.now_us, seconds
+        else:
+            start, ahead = 0, seconds - self.now_seconds
+        if not -_FAR < ahead < _FAR:  # False for NaN too
+            return None
+        fraction, whole = math.modf(seconds)
+        taken_us = start + int(whole) * 1_000_000 + round(fraction * 1e6)
+        if not self.earliest_us <= taken_us // 1000 * 1000 <= self.latest_us:
+            return None
+        return taken_us // 1000
+
+
+def _pairs_written(text: str) -> int:
+    """The key-value pairs written in JSON text without escapes: every other
+    '"'-separated part is outside strings, and each pair has one ':' there."""
+    return "".join(text.split('"')[::2]).count(":")
+
+
 _USUAL_LABELS = frozenset({"bn", "bt", "bu", "n", "u", "v", "t"})
 _NUMBER = (int, float)  # a JSON number's class (bool, a JSON true or false, is neither)
 
@@ -147,10 +182,7 @@ def _usual_pack(
         return None
     if pack.__class__ is not list or not pack:
         return None
-    now_us = (now - EPOCH) // _US
-    now_seconds = now.timestamp()
-    earliest = now_us - max_age // _US
-    latest = now_us + max_skew // _US
+    window = _Window(now, max_age, max_skew)
     base_name = base_unit = ""
     base_time = 0.0
     pairs = 0
@@ -191,18 +223,9 @@ def _usual_pack(
                 return None
             if bound is not None and 0 <= value <= bound:
                 return None
-            seconds = base_time + float(t)
-            if seconds < RELATIVE_LIMIT:
-                start_us, ahead = now_us, seconds
-            else:
-                start_us, ahead = 0, seconds - now_seconds
-            if not -_FAR < ahead < _FAR:
+            ms = window.ms(base_time + float(t))
+            if ms is None:
                 return None
-            fraction, whole = math.modf(seconds)
-            taken_us = start_us + int(whole) * 1_000_000 + round(fraction * 1e6)
-            if not earliest <= taken_us // 1000 * 1000 <= latest:
-                return None
-            ms = taken_us // 1000
             key = (vital.code, ms)
             if key in seen:
                 return None
@@ -210,11 +233,7 @@ def _usual_pack(
             rows.append((vital.code, value, vital.unit, _at(ms)))
     except OverflowError:  # an integer too large for a float: the general way names it
         return None
-    # Without escapes, every other '"'-separated part is outside strings, and each pair
-    # has one ':' there: fewer pairs read than written means a key came twice.
-    if "".join(text.split('"')[::2]).count(":") != pairs:
-        return None
-    return rows
+    return rows if _pairs_written(text) == pairs else None
 
 
 class _DuplicateKey(ValueError):
@@ -255,10 +274,8 @@ def _parse(payload: bytes, max_bytes: int) -> object:
             pass  # the general way below names what is wrong
         else:
             depth, pairs = _shape(fast)
-            # Each pair in the text has one ':' outside strings, and without escapes every
-            # other '"'-separated part is a string: fewer pairs read than such ':' written
-            # means that a key came twice in an object (the general way names it).
-            if depth <= MAX_DEPTH and "".join(text.split('"')[::2]).count(":") == pairs:
+            # fewer pairs read than written: a key came twice (the general way names it)
+            if depth <= MAX_DEPTH and _pairs_written(text) == pairs:
                 return fast
     try:
         value: object = json.loads(text, object_pairs_hook=_unique)
@@ -356,30 +373,15 @@ def _validate(
     rows: list[Row] = []
     refusals: list[Refusal] = []
     first: dict[tuple[str, int], int] = {}  # (code, ms since the epoch): record
-    # The fast way, in whole microseconds since the epoch: exactly what `_time` computes
-    # with datetimes (timedelta rounds seconds to microseconds half to even, as `round`
-    # does; truncating to milliseconds floors). What it does not accept, `_check` decides.
-    now_us = (now - EPOCH) // _US
-    now_seconds = now.timestamp()
-    earliest = now_us - max_age // _US
-    latest = now_us + max_skew // _US
+    window = _Window(now, max_age, max_skew)  # what it does not accept, `_check` decides
     for item in items:
         if isinstance(item, Refusal):
             refusals.append(item)
             continue
         vital = item.vital
-        seconds = item.time
         ms = None
         if vital.low <= item.value <= vital.high:  # False for NaN and infinities too
-            if seconds < RELATIVE_LIMIT:
-                start, ahead = now_us, seconds
-            else:
-                start, ahead = 0, seconds - now_seconds
-            if -_FAR < ahead < _FAR:
-                fraction, whole = math.modf(seconds)
-                taken_us = start + int(whole) * 1_000_000 + round(fraction * 1e6)
-                if earliest <= taken_us // 1000 * 1000 <= latest:
-                    ms = taken_us // 1000
+            ms = window.ms(item.time)
         if ms is None:
             checked = _check(item, now, max_age, max_skew)
             if isinstance(checked, Refusal):
