@@ -1498,14 +1498,20 @@ async def test_alerts_newest_first_and_by_state(backend: Backend, store: Store) 
 # adapter specifics ------------------------------------------------------------
 
 
+def database_of_schema(path: Path, version: int) -> sqlite3.Connection:
+    """A SQLite database as a server of schema `version` left it."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    for script in MIGRATIONS[:version]:
+        for statement in _statements(script):
+            conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {version}")
+    return conn
+
+
 async def test_sqlite_upgrades_a_database_of_schema_2(tmp_path: Path) -> None:
     path = tmp_path / "store.db"
-    conn = sqlite3.connect(path, isolation_level=None)
+    conn = database_of_schema(path, 2)
     try:
-        for script in MIGRATIONS[:2]:
-            for statement in _statements(script):
-                conn.execute(statement)
-        conn.execute("PRAGMA user_version = 2")
         conn.execute(
             "INSERT INTO devices VALUES ('d1', 'p1', 'pulse-oximeter', ?, NULL)",
             (T0.isoformat(timespec="milliseconds"),),
@@ -1537,12 +1543,8 @@ async def test_sqlite_upgrades_the_readings_of_schema_6(tmp_path: Path) -> None:
         dataclasses.replace(reading(0, code=TEMPERATURE), taken_at=before_epoch),
         reading(7, device_id="d1", patient_id="p3", value=61.0),  # a restore's leftover
     ]
-    conn = sqlite3.connect(path, isolation_level=None)
+    conn = database_of_schema(path, 6)
     try:
-        for script in MIGRATIONS[:6]:
-            for statement in _statements(script):
-                conn.execute(statement)
-        conn.execute("PRAGMA user_version = 6")
         conn.executemany(
             "INSERT INTO observations VALUES (?, ?, ?, ?, ?, ?, ?)",
             [
@@ -1611,11 +1613,8 @@ async def test_sqlite_commits_are_synced(tmp_path: Path) -> None:
 
 async def test_sqlite_upgrades_a_database_of_schema_1(tmp_path: Path) -> None:
     path = tmp_path / "store.db"
-    conn = sqlite3.connect(path, isolation_level=None)
+    conn = database_of_schema(path, 1)
     try:
-        for statement in _statements(MIGRATIONS[0]):
-            conn.execute(statement)
-        conn.execute("PRAGMA user_version = 1")
         conn.execute("INSERT INTO clinic_settings VALUES ('clinic.name', 'Posto')")
     finally:
         conn.close()
