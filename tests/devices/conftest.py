@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import aiomqtt
 import pytest_asyncio
 
 from devices.broker import BrokerAccess, MosquittoSupervisor
@@ -32,6 +33,18 @@ class Rig:
 
     async def enroll(self, kind: str = "pulse-oximeter") -> Enrolled:
         return await self.enrollment.enroll(OPERATOR, self.patient_id, kind)
+
+    def admin_client(self, identifier: str) -> aiomqtt.Client:
+        """An MQTT client with the server's admin credentials (MQTT 3.1.1)."""
+        a = self.access
+        return aiomqtt.Client(
+            a.host,
+            a.port,
+            username=a.username,
+            password=a.password,
+            identifier=identifier,
+            timeout=5.0,
+        )
 
 
 @pytest_asyncio.fixture

@@ -26,15 +26,7 @@ def device_client(rig: Rig, username: str, password: str, name: str = "") -> aio
 
 
 def admin_client(rig: Rig) -> aiomqtt.Client:
-    a = rig.access
-    return aiomqtt.Client(
-        a.host,
-        a.port,
-        username=a.username,
-        password=a.password,
-        identifier="test-admin",
-        timeout=5.0,
-    )
+    return rig.admin_client("test-admin")
 
 
 async def test_enrollment_output_and_records(rig: Rig) -> None:

@@ -58,14 +58,7 @@ async def test_acknowledged_in_one_write_are_not_redelivered_the_rest_are(rig: R
     client, inbox = session(rig)
     async with client:
         await client.subscribe(TOPIC, qos=1)
-    publisher = aiomqtt.Client(
-        rig.access.host,
-        rig.access.port,
-        username=rig.access.username,
-        password=rig.access.password,
-        identifier="test-acks-publisher",
-        timeout=5.0,
-    )
+    publisher = rig.admin_client("test-acks-publisher")
     async with publisher:
         for i in range(6):
             await publisher.publish(TOPIC, f"m{i}".encode(), qos=1)

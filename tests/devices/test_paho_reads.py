@@ -93,14 +93,7 @@ async def test_a_burst_is_read_whole_and_in_order_with_few_system_reads(rig: Rig
     )
     manual_ack.enable(client)
     paho_reads.buffer_reads(client)
-    publisher = aiomqtt.Client(
-        rig.access.host,
-        rig.access.port,
-        username=rig.access.username,
-        password=rig.access.password,
-        identifier="test-reads-publisher",
-        timeout=5.0,
-    )
+    publisher = rig.admin_client("test-reads-publisher")
     async with client:
         await client.subscribe(TOPIC, qos=1)
         async with publisher:
