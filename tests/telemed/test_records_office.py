@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -207,13 +208,27 @@ async def test_rotation_under_concurrent_writes_leaves_the_old_key_wrapping_noth
         rotating.set()
 
     written: list[str] = []
+    wrote = asyncio.Event()
 
     async def keep_writing() -> None:
         while True:  # until cancelled: save notes through the "server's" office
             visit_id = visits[len(written) % len(visits)]
             await kit.office.save_note(doctor, visit_id, note_from_json(NOTE))
             written.append(visit_id)
+            wrote.set()
             await asyncio.sleep(0)
+
+    # Once the rotation is under way, its next batch waits for a note saved meanwhile:
+    # the writes land in the middle of it however fast or slow the machine is.
+    real_batch = cli_store.data_keys_under
+
+    async def batch_after_a_write(*args: Any, **kwargs: Any) -> Any:
+        if batches:
+            async with asyncio.timeout(60):  # a writer that fails ends the test, not hangs it
+                await wrote.wait()
+        return await real_batch(*args, **kwargs)
+
+    cli_store.data_keys_under = batch_after_a_write  # type: ignore[method-assign]
 
     writer = asyncio.create_task(keep_writing())
     try:
