@@ -22,8 +22,12 @@ lint: $(TEST_STAMP)
 typecheck: $(TEST_STAMP)
 	$(BIN)/mypy
 
+# The suite waits on real servers, brokers and browsers more than it computes (one
+# process used 0.8 of a core): three workers, each taking whole files (a file's tests
+# may share what its first test built), ran it in 5 min instead of 9.5 on 2 cores.
+TEST_WORKERS ?= 3
 pytest: $(TEST_STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 $(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (found " + sys.version.split()[0] + ")")'
