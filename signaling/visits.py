@@ -238,13 +238,25 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
             return await self._disconnect(args[0])
         return await self._answer(event, args[0], await self._event(event, args[0], args[1:]))
 
+    async def quick_event(self, sid: str, event: Any, args: list[Any]) -> None:
+        """An event sent without an ack, straight from the socket's reader
+        (`wire.Server.quick_events`): handled as `trigger_event` would, and answered
+        only if refused. A reserved name (`connect`, `disconnect`) is an unknown event
+        here too."""
+        answer = await self._event(event, sid, tuple(args))
+        if not answer["ok"]:
+            await self._refused(event, sid, answer)
+
     async def _answer(self, event: Any, sid: str, answer: dict[str, Any]) -> dict[str, Any]:
         """The answer goes back as the event's ack; an event sent without one hears only
         of a refusal, as a `refused` event."""
         if not answer["ok"] and not acknowledging():
-            name = event if isinstance(event, str) and event in self._handlers else ""
-            await self.emit("refused", {"event": name, "error": answer["error"]}, to=sid)
+            await self._refused(event, sid, answer)
         return answer
+
+    async def _refused(self, event: Any, sid: str, answer: dict[str, Any]) -> None:
+        name = event if isinstance(event, str) and event in self._handlers else ""
+        await self.emit("refused", {"event": name, "error": answer["error"]}, to=sid)
 
     async def _event(self, event: Any, sid: str, data: tuple[Any, ...]) -> dict[str, Any]:
         peer = self._peers.get(sid)
@@ -752,9 +764,11 @@ class VisitRooms(socketio.AsyncNamespace):  # type: ignore[misc]
     ) -> None:
         """To the others in the call (or in `room`); a guest's carry their guest id."""
         sender = {"participant": peer.guest_id} if peer.guest_id else {}
-        await self.emit(
+        # the client manager's emit, as `self.emit` ends in, minus two calls and a log call
+        await self.server.manager.emit(
             event,
             {"visit_id": visit_id, "from": peer.role, **sender, **body},
+            NAMESPACE,
             room=room or call_room(visit_id),
             skip_sid=peer.sid,
         )

@@ -156,13 +156,17 @@ class WebSocketTransport:
             data = await self._next(ws)
             if data is None or len(data) > largest:
                 return
+            packet: eio_packet.Packet | None = None
+            if on_message is None or type(data) is not str or not _is_message(data):
+                try:
+                    packet = eio_packet.Packet(encoded_packet=data)
+                except (ValueError, TypeError, IndexError):  # not Engine.IO: a broken client
+                    log.info("engine.io sid=%s: malformed packet, closing", socket.sid)
+                    return
             try:
-                packet = eio_packet.Packet(encoded_packet=data)
-            except (ValueError, TypeError, IndexError):  # not Engine.IO: the client is broken
-                log.info("engine.io sid=%s: malformed packet, closing", socket.sid)
-                return
-            try:
-                if on_message is not None and packet.packet_type == eio_packet.MESSAGE:
+                if packet is None:  # a message's text, as Engine.IO's decoder would keep it
+                    await on_message(socket.sid, data[1:])
+                elif on_message is not None and packet.packet_type == eio_packet.MESSAGE:
                     await on_message(socket.sid, packet.data)
                 else:
                     await socket.receive(packet)
@@ -196,6 +200,13 @@ class WebSocketTransport:
             return
         finally:
             await ws.close()
+
+
+def _is_message(data: str) -> bool:
+    """Whether `data` is an Engine.IO MESSAGE that its decoder keeps as text: a digit
+    after the type (every Socket.IO packet starts with its type's digit); anything else
+    after it (JSON, say) goes through the decoder."""
+    return len(data) > 1 and data[0] == "4" and "0" <= data[1] <= "9"
 
 
 def _is(data: str | bytes, kind: int, payload: str | None = None) -> bool:

@@ -27,7 +27,7 @@ from devices.simulator import credentials_path, enroll_or_reuse, simulate
 from signaling.live import LiveHub
 from signaling.roster import LocalRoster, RedisRoster, Roster
 from signaling.server import SignalingServer
-from signaling.visits import VisitRooms
+from signaling.visits import NAMESPACE, VisitRooms
 from telemed.archive import BackupKeyError
 from telemed.backup_schedule import BackupSchedule, BackupStatus
 from telemed.clinic import Clinic
@@ -162,6 +162,7 @@ def add_signaling(app: web.Application, settings: Settings) -> None:
     roster: Roster = RedisRoster(url) if url else LocalRoster()
     app[VISIT_ROOMS] = rooms = VisitRooms(app, settings, roster)
     server.sio.register_namespace(rooms)
+    server.sio.quick_events(NAMESPACE, rooms.quick_event)
 
 
 async def monitor_ctx(app: web.Application) -> AsyncIterator[None]:

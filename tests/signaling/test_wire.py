@@ -3,13 +3,17 @@ binary payloads still noticed, huge integers still refused."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import socketio
+from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
-from signaling.wire import Packet, acknowledging, check_library
+from signaling.wire import Packet, Server, _queued, acknowledging, check_library
 
 PAYLOADS: list[Any] = [
     [
@@ -59,19 +63,48 @@ def test_a_huge_integer_is_refused_as_python_socketio_refuses_it() -> None:
     assert Packet(encoded_packet='2/visit,["x",{"n":' + "9" * 100 + "}]").data[1]["n"] > 0
 
 
+@pytest.mark.parametrize("method", ["_handle_event_internal", "_handle_eio_message"])
 def test_start_up_fails_naming_the_method_if_python_socketio_changes_it(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, method: str
 ) -> None:
     check_library()  # the installed python-socketio is what `Server` builds on
 
     async def reshaped(self: Any, sid: str, data: Any, namespace: str) -> None: ...
 
-    monkeypatch.setattr(socketio.AsyncServer, "_handle_event_internal", reshaped)
-    with pytest.raises(RuntimeError, match="_handle_event_internal"):
+    monkeypatch.setattr(socketio.AsyncServer, method, reshaped)
+    with pytest.raises(RuntimeError, match=method):
         check_library()
-    monkeypatch.delattr(socketio.AsyncServer, "_handle_event_internal")
-    with pytest.raises(RuntimeError, match="_handle_event_internal"):
+    monkeypatch.delattr(socketio.AsyncServer, method)
+    with pytest.raises(RuntimeError, match=method):
         check_library()
+
+
+@pytest.mark.parametrize("namespace", ["/", "visit", "/a,b"])
+def test_quick_events_need_a_named_namespace(namespace: str) -> None:
+    async def handler(sid: str, event: Any, args: list[Any]) -> None: ...
+
+    with pytest.raises(ValueError, match="named namespace"):
+        Server(async_mode="aiohttp").quick_events(namespace, handler)
+
+
+async def test_an_emit_queues_on_an_open_socket_and_leaves_the_rest_to_engine_io() -> None:
+    """`_queued` puts a frame on the socket's queue only where python-engineio's own
+    send would (open, and heard from within the ping timeout); otherwise the emit falls
+    back to `send_packet`, which drops or closes as it always did."""
+    frame = eio_packet.Packet(eio_packet.MESSAGE, '2/visit,["x",{}]')
+    socket = SimpleNamespace(closed=False, last_ping=None, queue=asyncio.Queue())
+    eio = SimpleNamespace(sockets={"e1": socket}, ping_timeout=20)
+    assert _queued(eio, "e1", frame)
+    assert socket.queue.get_nowait() is frame
+    socket.last_ping = time.time() - 5
+    assert _queued(eio, "e1", frame)
+    assert socket.queue.get_nowait() is frame
+    socket.last_ping = time.time() - 30  # silent past the ping timeout
+    assert not _queued(eio, "e1", frame)
+    socket.last_ping, socket.closed = None, True
+    assert not _queued(eio, "e1", frame)
+    assert not _queued(eio, "gone", frame)
+    assert socket.queue.empty()
 
 
 def test_outside_an_event_nothing_is_taken_for_an_ack_less_one() -> None:
