@@ -34,13 +34,14 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 
 import aiomqtt
+import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from devices import manual_ack, paho_properties, paho_reads
 from devices.broker import BrokerAccess
 from devices.dynsec import topic
-from devices.inbox import client_with_inbox, receive
+from devices.inbox import receive, unwrapped
 from devices.payloads import decode_rows
 from devices.readings import Refusal
 from telemed.clock import Clock
@@ -165,13 +166,13 @@ class Ingestor:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
 
-    def _client(self) -> tuple[aiomqtt.Client, asyncio.Queue[aiomqtt.Message]]:
+    def _client(self) -> tuple[aiomqtt.Client, asyncio.Queue[paho.MQTTMessage]]:
         b, s = self.broker, self.settings
         paho_properties.share_tables()
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = s.session_expiry
         properties.ReceiveMaximum = s.receive_maximum
-        client, inbox = client_with_inbox(
+        client = aiomqtt.Client(
             b.host,
             b.port,
             username=b.username or None,
@@ -185,7 +186,7 @@ class Ingestor:
         )
         manual_ack.enable(client)
         paho_reads.buffer_reads(client)
-        return client, inbox
+        return client, unwrapped(client)
 
     async def _session(self) -> None:
         client, inbox = self._client()
@@ -203,7 +204,9 @@ class Ingestor:
             log.info("ingest: subscribed to vitals and status, group %s", group)
             await self._consume(client, inbox)
 
-    async def _consume(self, client: aiomqtt.Client, inbox: asyncio.Queue[aiomqtt.Message]) -> None:
+    async def _consume(
+        self, client: aiomqtt.Client, inbox: asyncio.Queue[paho.MQTTMessage]
+    ) -> None:
         """Batches: open on the first message, commit when full or `batch_wait` later.
         The inbox holds at most Receive Maximum messages: the broker waits for our acks."""
         batch = _Batch()
@@ -259,7 +262,7 @@ class Ingestor:
             await committing
         return asyncio.create_task(self._commit(client, batch), name="ingest-commit")
 
-    async def _keep_received(self, inbox: asyncio.Queue[aiomqtt.Message], batch: _Batch) -> None:
+    async def _keep_received(self, inbox: asyncio.Queue[paho.MQTTMessage], batch: _Batch) -> None:
         """The connection is gone: store what arrived, unacknowledged. A broker that lives
         sends it again (the dedupe key absorbs it); one that died may have lost it."""
         while not inbox.empty():
@@ -271,11 +274,14 @@ class Ingestor:
             self.stats.duplicates += len(observations) - new
 
     # one message ----------------------------------------------------------------------
-    async def _accept(self, message: aiomqtt.Message, batch: _Batch) -> None:
+    async def _accept(self, message: paho.MQTTMessage, batch: _Batch) -> None:
         self.stats.messages += 1
         if message.qos > 0:
             batch.mids.append(message.mid)
-        parts = message.topic.value.split("/")
+        try:
+            parts = message.topic.split("/")
+        except UnicodeDecodeError:  # not UTF-8: a broker keeping to MQTT refuses it
+            parts = []
         if len(parts) != 5 or parts[4] not in ("vitals", "status"):
             log.warning("ingest: message on an unexpected topic ignored")
             return
@@ -284,15 +290,14 @@ class Ingestor:
             self.stats.refused += 1
             log.warning("ingest: message from unknown or revoked device %s ignored", parts[3])
             return
-        payload = message.payload
-        raw = payload if isinstance(payload, bytes | bytearray) else str(payload).encode()
+        raw = bytes(message.payload)  # paho's: bytes already (typed bytes | bytearray)
         now = self.clock()
         if parts[4] == "status":
-            await self._status(device, bytes(raw), now, batch)
+            await self._status(device, raw, now, batch)
             return
         s = self.settings
         rows, refusals = decode_rows(
-            bytes(raw), now=now, max_age=s.max_age, max_skew=s.max_skew, max_bytes=s.max_bytes
+            raw, now=now, max_age=s.max_age, max_skew=s.max_skew, max_bytes=s.max_bytes
         )
         device_id = device.id
         batch.observations += observations_from_rows(device.patient_id, device_id, rows, now)

@@ -10,9 +10,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as paho
+import pytest
 
 from devices.enrollment import Enrolled
-from devices.ingest import SWITCH_INTERVAL, Ingestor, IngestSettings
+from devices.inbox import unwrapped
+from devices.ingest import SWITCH_INTERVAL, Ingestor, IngestSettings, _Batch
 from telemed.clock import utcnow
 from telemed.errors import StoreUnavailable
 from telemed.monitoring import Observation
@@ -247,3 +250,34 @@ async def test_two_ingestors_put_the_switch_interval_back_once_both_stop(rig: Ri
         two.cancel()
         await asyncio.gather(one, two, return_exceptions=True)
     assert sys.getswitchinterval() == before
+
+
+async def test_a_message_whose_topic_is_not_utf8_is_ignored_and_acknowledged(rig: Rig) -> None:
+    """Messages reach the ingestor as paho's own (`devices.inbox.unwrapped`), whose topic
+    is decoded when read. A broker keeping to MQTT refuses a topic that is not UTF-8; one
+    that let it through gets it acknowledged and ignored, and the consumer goes on."""
+    ingestor = Ingestor(rig.store, utcnow, rig.access, IngestSettings(client_id="test-topic"))
+    batch = _Batch()
+    message = paho.MQTTMessage(mid=7, topic=b"telemed/v1/devices/\xff/vitals")
+    message.qos = 1
+    message.payload = b'{"hr": 60}'
+    await ingestor._accept(message, batch)
+    assert batch.mids == [7]
+    assert batch.observations == []
+    assert ingestor.stats.messages == 1
+
+
+async def test_direct_delivery_fails_naming_what_paho_moved(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client = aiomqtt.Client("127.0.0.1", 1)
+    assert isinstance(unwrapped(client), asyncio.Queue)  # the installed paho has it
+
+    def reshaped(self: paho.Client, message: paho.MQTTMessage, extra: int) -> None: ...
+
+    monkeypatch.setattr(paho.Client, "_handle_on_message", reshaped)
+    with pytest.raises(RuntimeError, match="_handle_on_message"):
+        unwrapped(aiomqtt.Client("127.0.0.1", 1))
+    monkeypatch.delattr(paho.Client, "_handle_on_message")
+    with pytest.raises(RuntimeError, match="_handle_on_message"):
+        unwrapped(aiomqtt.Client("127.0.0.1", 1))
