@@ -11,10 +11,10 @@ WebSocket (`Engine` below) and runs the same protocol on the same socket object,
 - a reader that awaits aiohttp's `receive()` directly and hands each message to the
   server's handler, and every other packet to the socket (`AsyncSocket.receive`: pongs,
   upgrades, close), as python-engineio does;
-- a writer task that awaits the socket's queue directly and writes what is there. (Writing
-  a message at once from the sender when the queue is empty was tried: no difference
-  measured, so the queue, which keeps a slow reader from holding up its senders, stays
-  the only way out.)
+- a writer task that awaits the socket's queue directly and writes what is there;
+- an `Outlet` beside it, through which an emit writes a message at once, in the sender's
+  own call, when nothing is ahead of it: the queue empty and the writer idle (see
+  `Outlet` for when, for what that saves, and for permessage-deflate).
 
 The timeouts those `wait_for`s carried are kept another way: a client that stops
 answering pings is closed by python-engineio's service task (`check_ping_timeout`),
@@ -32,17 +32,177 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import engineio
 from aiohttp import WSMsgType, web
+from aiohttp.http import WebSocketWriter
 from engineio import async_socket, exceptions
 from engineio import packet as eio_packet
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Any], Awaitable[None]]
+
+
+# RFC 6455 §5.2 headers of a final, unmasked frame (a server's), by payload length
+_LEN2 = struct.Struct("!BBH").pack  # 126 to 65,535 bytes
+_LEN3 = struct.Struct("!BBQ").pack  # 65,536 bytes and more
+_FIN_TEXT = 0x81  # FIN + opcode 1
+_FIN_BINARY = 0x82  # FIN + opcode 2
+
+# the longest message an outlet compresses in the sender's call; aiohttp compresses longer
+# ones in its executor (its WEBSOCKET_MAX_SYNC_CHUNK_SIZE, 16 KiB in 3.14): they queue
+DEFLATE_AT_ONCE_MAX = 16 * 1024
+
+
+def frame(message: str | bytes) -> bytes:
+    """`message` as one WebSocket frame from a server: final, unmasked, uncompressed, text
+    for a str and binary for bytes; the bytes aiohttp's `send_str` / `send_bytes` write
+    without permessage-deflate (tests/signaling/test_websocket.py compares them)."""
+    if isinstance(message, str):
+        payload, first = message.encode("utf-8"), _FIN_TEXT
+    else:
+        payload, first = bytes(message), _FIN_BINARY
+    size = len(payload)
+    if size < 126:
+        return bytes((first, size)) + payload
+    if size < 65536:
+        return _LEN2(first, 126, size) + payload
+    return _LEN3(first, 127, size) + payload
+
+
+class Outlet:
+    """A WebSocket's way out for messages emitted while its writer has nothing to do:
+    `write` puts the frame on the connection's transport in the sender's own call, instead
+    of on the socket's queue for the writer task to take.
+
+    Measured with bench/signaling.py (py-spy on the server), the writer task was ~30% of
+    the server's time: half aiohttp's `send_str` down to `transport.write` (what the bare
+    relay does too), half waking the task for every message (the queue's getter future,
+    the loop's handle, the task's step) and the coroutine layers of `send_str`. A direct
+    write keeps only `transport.write` and a header: in that benchmark nearly every
+    relayed signal goes this way (the writer's share of the profile fell to ~0.4%), and
+    the server's CPU per relayed signal fell by about a tenth (figures in bench/README.md).
+
+    `write` declines (False: the caller queues the frame, as before) whenever writing now
+    could reorder, block or corrupt anything:
+
+    - anything on the queue, or the writer holding packets it took and has not sent yet
+      (`busy`, which it sets from taking a batch until that batch is written, and for
+      good once it ends): a frame never overtakes one sent before it to the same socket;
+    - the transport closing, or the WebSocket closed (a close frame written or on its
+      way: no data frame may follow it);
+    - the transport's write buffer above its high-water mark (the peer reads slower than
+      it is sent to): the frame waits on the queue and the writer awaits the drain in
+      aiohttp's `send_frame`, as before, so a slow reader never holds up its senders;
+    - anything but an Engine.IO MESSAGE: PING, NOOP and CLOSE keep the queue (the writer
+      closes the WebSocket after a CLOSE);
+    - on a WebSocket that compresses, a message longer than `DEFLATE_AT_ONCE_MAX`, or
+      aiohttp's compressor lock held (see below).
+
+    aiohttp's own writer only looks at flow control once it has written its `limit`
+    (64 KiB) since the last look, so once the buffer passes the mark it may add up to
+    that much more before it waits, as it always could.
+
+    permessage-deflate: browsers offer it and aiohttp accepts it by default, so the pages'
+    WebSockets compress (the benchmark's clients, like aiohttp's and python-engineio's,
+    offer none). Every compressed frame of a WebSocket goes through one compressor whose
+    state (the LZ77 window the peer's decompressor mirrors) aiohttp's writer keeps: an
+    outlet compresses with that compressor, through the same method aiohttp's
+    `send_frame` calls for a message up to 16 KiB (`_send_compressed_frame_sync`:
+    compress, flush, write, with no await), and only while aiohttp's lock on it is free,
+    so the frames and the compressor's state are exactly those of `send_str`. Those are
+    aiohttp's internals: `check_library` fails at start-up if they change. Measured with
+    bench/signaling.py's clients offering permessage-deflate (as browsers do), relayed
+    signals/s went from 19,600 to 23,700 with the outlet writing compressed frames."""
+
+    __slots__ = ("busy", "deflating", "high", "pending", "queue", "transport", "ws")
+
+    def __init__(
+        self,
+        queue: asyncio.Queue[eio_packet.Packet | None],
+        ws: web.WebSocketResponse,
+        transport: asyncio.Transport,
+    ) -> None:
+        self.queue = queue
+        self.ws = ws
+        self.transport = transport
+        self.high = transport.get_write_buffer_limits()[1]
+        self.busy = False  # the writer holds packets taken from the queue, or has ended
+        # aiohttp's writer, whose compressor frames go through, if the WebSocket compresses
+        self.deflating: WebSocketWriter | None = ws._writer if ws.compress else None
+        self.pending: list[bytes] = []
+
+    def flush(self) -> None:
+        pending = self.pending
+        if pending:
+            data = b"".join(pending) if len(pending) > 1 else pending[0]
+            pending.clear()
+            if not self.transport.is_closing():
+                self.transport.write(data)
+
+    def write(self, packet: eio_packet.Packet) -> bool:
+        """Write `packet` to the WebSocket now if nothing is ahead of it and the connection
+        takes it (see the class); False leaves it to the queue."""
+        if self.busy or packet.packet_type != eio_packet.MESSAGE or not self.queue.empty():
+            return False
+        transport = self.transport
+        if (
+            transport.is_closing()
+            or self.ws.closed
+            or transport.get_write_buffer_size() > self.high
+        ):
+            return False
+        deflating = self.deflating
+        if deflating is None:
+            pending = self.pending
+            if not pending:
+                asyncio.get_running_loop().call_soon(self.flush)
+            pending.append(frame(packet.encode()))
+            return True
+        encoded = packet.encode()
+        if isinstance(encoded, str):
+            payload, opcode = encoded.encode("utf-8"), WSMsgType.TEXT
+        else:
+            payload, opcode = bytes(encoded), WSMsgType.BINARY
+        if len(payload) > DEFLATE_AT_ONCE_MAX or deflating._send_lock.locked():
+            return False
+        deflating._send_compressed_frame_sync(payload, opcode, None)
+        return True
+
+
+# aiohttp's internals an `Outlet` compresses through: WebSocketWriter's method for a
+# compressed frame written without an await, with the parameters it expects
+_DEFLATE_SYNC = "_send_compressed_frame_sync"
+_DEFLATE_SYNC_PARAMETERS = ["self", "message", "opcode", "compress"]
+
+
+def check_library() -> None:
+    """Fail at start-up, naming it, if aiohttp no longer has an internal `Outlet` writes
+    compressed frames through, in the shape it expects: the WebSocket's writer
+    (`WebSocketResponse._writer`), its synchronous compressed send and the lock aiohttp
+    holds around its compressor (`_send_lock`)."""
+    method = getattr(WebSocketWriter, _DEFLATE_SYNC, None)
+    if method is None or list(inspect.signature(method).parameters) != _DEFLATE_SYNC_PARAMETERS:
+        raise RuntimeError(
+            f"aiohttp: WebSocketWriter.{_DEFLATE_SYNC}"
+            f"({', '.join(_DEFLATE_SYNC_PARAMETERS[1:])}) is gone or changed; "
+            "signaling/websocket.py's Outlet needs updating"
+        )
+    if not hasattr(web.WebSocketResponse, "_writer"):
+        raise RuntimeError(
+            "aiohttp: WebSocketResponse._writer is gone; signaling/websocket.py's Outlet "
+            "needs updating"
+        )
+    writer = WebSocketWriter(None, None)  # type: ignore[arg-type]
+    if not isinstance(getattr(writer, "_send_lock", None), asyncio.Lock):
+        raise RuntimeError(
+            "aiohttp: WebSocketWriter._send_lock is gone or no asyncio.Lock; "
+            "signaling/websocket.py's Outlet needs updating"
+        )
 
 
 class WebSocketTransport:
@@ -60,7 +220,7 @@ class WebSocketTransport:
         await ws.prepare(request)
         socket = getattr(self.handler, "__self__", None)
         if isinstance(socket, async_socket.AsyncSocket):
-            await self._serve(socket, ws)
+            await self._serve(socket, ws, request.transport)
         else:  # not a socket's handler: python-engineio's own loops
             await self.handler(self)
         return ws
@@ -85,14 +245,20 @@ class WebSocketTransport:
         return message.data
 
     # the loops -----------------------------------------------------------------------------
-    async def _serve(self, socket: async_socket.AsyncSocket, ws: web.WebSocketResponse) -> None:
+    async def _serve(
+        self,
+        socket: async_socket.AsyncSocket,
+        ws: web.WebSocketResponse,
+        transport: asyncio.Transport | None,
+    ) -> None:
         if socket.connected:  # a long-polling session upgrading
             if not await self._upgraded(socket, ws):
                 return
         else:
             socket.connected = True
             socket.upgraded = True
-        writer = asyncio.create_task(self._write(socket, ws))
+        outlet = self._outlet(socket, ws, transport)
+        writer = asyncio.create_task(self._write(socket, ws, outlet))
         try:
             await self._read(socket, ws)
         except asyncio.CancelledError:
@@ -101,12 +267,34 @@ class WebSocketTransport:
             # reader takes it the same way
             pass
         finally:
-            await self._end(socket, writer)
+            await self._end(socket, writer, outlet)
 
-    async def _end(self, socket: async_socket.AsyncSocket, writer: asyncio.Task[None]) -> None:
+    def _outlet(
+        self,
+        socket: async_socket.AsyncSocket,
+        ws: web.WebSocketResponse,
+        transport: asyncio.Transport | None,
+    ) -> Outlet | None:
+        """The socket's `Outlet`, registered with the server for its emits; None for a
+        connection already gone, or a server that is not an `Engine`."""
+        if transport is None or not isinstance(self.server, Engine):
+            return None
+        outlet = self.server.outlets[socket.sid] = Outlet(socket.queue, ws, transport)
+        return outlet
+
+    async def _end(
+        self,
+        socket: async_socket.AsyncSocket,
+        writer: asyncio.Task[None],
+        outlet: Outlet | None = None,
+    ) -> None:
         """Let the writer finish what is queued (it closes the WebSocket), then close the
         Engine.IO socket: its disconnect handlers run even if this handler is cancelled
         meanwhile, and the writer is awaited either way."""
+        if outlet is not None:  # from here on emits queue, behind the writer's end
+            assert isinstance(self.server, Engine)
+            if self.server.outlets.get(socket.sid) is outlet:
+                del self.server.outlets[socket.sid]
         await socket.queue.put(None)  # the writer's end
         try:
             await asyncio.wait({writer}, timeout=self.server.ping_timeout)
@@ -177,11 +365,24 @@ class WebSocketTransport:
             except Exception:  # as python-engineio: one bad event does not end the socket
                 log.exception("engine.io sid=%s: receive error", socket.sid)
 
-    async def _write(self, socket: async_socket.AsyncSocket, ws: web.WebSocketResponse) -> None:
+    async def _write(
+        self,
+        socket: async_socket.AsyncSocket,
+        ws: web.WebSocketResponse,
+        outlet: Outlet | None = None,
+    ) -> None:
+        """Write what the socket's queue holds, in order. While it holds packets it took
+        from the queue (a batch: `send_str` may wait for the peer to read), the outlet is
+        `busy`, so no emit writes past them; once it ends it stays busy."""
         queue = socket.queue
         try:
             while True:
+                if outlet is not None:
+                    outlet.busy = False
                 packets = [await queue.get()]
+                if outlet is not None:
+                    outlet.busy = True
+                    outlet.flush()
                 queue.task_done()
                 while not queue.empty():
                     packets.append(queue.get_nowait())
@@ -199,6 +400,8 @@ class WebSocketTransport:
         except ConnectionError:  # the peer is gone; the reader sees it too
             return
         finally:
+            if outlet is not None:
+                outlet.busy = True  # for good: the close frame is next, nothing may follow it
             await ws.close()
 
 
@@ -224,6 +427,9 @@ class Engine(engineio.AsyncServer):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # the `Outlet` of each socket served by a `WebSocketTransport` that may write
+        # directly, by Engine.IO sid (signaling/wire.py's emits look here)
+        self.outlets: dict[str, Outlet] = {}
         if self.async_mode != "aiohttp":
             raise ValueError(f"signaling needs aiohttp, not {self.async_mode}")
         # the driver's table is python-engineio's module's: this server gets a copy

@@ -13,8 +13,10 @@ exactly, without that work:
   any other server or client of the process).
 - `LocalRooms` / `SharedRooms`: the client managers (rooms in this process, or shared
   through Redis), whose emit sends to each recipient in turn. A send only puts the frame
-  on the socket's queue (Engine.IO's writer task writes it), so a task per recipient
-  bought nothing but its own cost; order per recipient is what it was.
+  on the socket's queue (Engine.IO's writer task writes it), or writes it at once when
+  that WebSocket's writer is idle with nothing queued (`signaling.websocket.Outlet`), so
+  a task per recipient bought nothing but its own cost; order per recipient is what it
+  was.
 - `Server`: python-socketio's `AsyncServer`, which tells the event's handler whether the
   client asked for an acknowledgement (`acknowledging()`): a client that did not is told
   of a refusal another way (see signaling/visits.py). Its Engine.IO server serves
@@ -35,6 +37,7 @@ import socketio
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
+from signaling import websocket
 from signaling.websocket import Engine
 
 # True while handling an event the client sent with an ack id, or outside of events
@@ -105,16 +108,20 @@ class Packet(sio_packet.Packet):  # type: ignore[misc]
 
 
 def _queued(eio: Any, eio_sid: str, frame: eio_packet.Packet) -> bool:
-    """Put `frame` on an open socket's queue, as `AsyncSocket.send` does once its checks
-    pass (its writer, `signaling.websocket`'s or a long poll, sends it); False leaves the
-    frame to `send_packet` and its handling of a gone, closed or silent client."""
+    """Send `frame` to an open socket where `AsyncSocket.send` would once its checks pass:
+    written at once through the socket's `Outlet` (`signaling.websocket`) if its WebSocket
+    writer is idle with nothing queued, else put on its queue (its writer,
+    `signaling.websocket`'s or a long poll, sends it); False leaves the frame to
+    `send_packet` and its handling of a gone, closed or silent client."""
     socket = eio.sockets.get(eio_sid)
     if socket is None or socket.closed:
         return False
     last_ping = socket.last_ping
     if last_ping and time.time() - last_ping > eio.ping_timeout:
         return False
-    socket.queue.put_nowait(frame)
+    outlet = eio.outlets.get(eio_sid)
+    if outlet is None or not outlet.write(frame):
+        socket.queue.put_nowait(frame)
     return True
 
 
@@ -258,7 +265,9 @@ _OVERRIDDEN = {
 
 def check_library() -> None:
     """Fail at start-up, naming it, if python-socketio no longer has a method `Server`
-    builds on, in the shape it expects."""
+    builds on, in the shape it expects, or aiohttp an internal `signaling.websocket`
+    writes compressed frames through."""
+    websocket.check_library()
     for name, wanted in _OVERRIDDEN.items():
         method = getattr(socketio.AsyncServer, name, None)
         if method is None or list(inspect.signature(method).parameters) != wanted:

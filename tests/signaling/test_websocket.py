@@ -1,18 +1,37 @@
 """`signaling.websocket`: Engine.IO's WebSocket transport as this server runs it, over
 real connections to the app on a loopback port. A page that connects by long-polling and
 upgrades, one that connects by WebSocket at once, and a client that sends something that
-is not Engine.IO at all."""
+is not Engine.IO at all; emits written at once while the socket's writer is idle
+(`Outlet`), in order with what is queued, and queued whenever they may not be."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from types import SimpleNamespace
+from typing import Any
 
-from aiohttp import ClientWebSocketResponse, WSMsgType
+import pytest
+from aiohttp import ClientWebSocketResponse, WSMsgType, web
+from aiohttp.http import WebSocketWriter
 from aiohttp.test_utils import TestClient
+from engineio import packet as eio_packet
 
+from signaling.websocket import (
+    DEFLATE_AT_ONCE_MAX,
+    Engine,
+    Outlet,
+    WebSocketTransport,
+    check_library,
+    frame,
+)
+from signaling.wire import _queued
+from telemed.web.keys import SIGNALING
 from tests.conftest import People
-from tests.signaling.conftest import Booked, Sockets
+from tests.signaling.conftest import WAIT, Booked, Sockets
 from tests.signaling.test_visit_rooms import candidate, in_call
 
 Client = TestClient  # type: ignore[type-arg]
@@ -20,12 +39,20 @@ Book = Callable[..., Awaitable[Booked]]
 
 
 @contextlib.asynccontextmanager
-async def raw_socket(client: Client, booked: Booked) -> AsyncIterator[ClientWebSocketResponse]:
-    """A WebSocket to Engine.IO with the patient's cookie, past Engine.IO's OPEN."""
+async def raw_socket(
+    client: Client, booked: Booked, *, compress: int = 0
+) -> AsyncIterator[ClientWebSocketResponse]:
+    """A WebSocket to Engine.IO with the patient's cookie, past Engine.IO's OPEN (its sid
+    in `ws.eio_sid`); `compress` offers permessage-deflate with that window, as browsers
+    offer it."""
     cookie = {"Cookie": f"telemed_visit={booked.cookie}"}
-    ws = await client.ws_connect("/socket.io/?EIO=4&transport=websocket", headers=cookie)
+    ws = await client.ws_connect(
+        "/socket.io/?EIO=4&transport=websocket", headers=cookie, compress=compress
+    )
     try:
-        assert (await ws.receive_str()).startswith("0{")
+        opened = await ws.receive_str()
+        assert opened.startswith("0{")
+        ws.eio_sid = json.loads(opened[1:])["sid"]  # type: ignore[attr-defined]
         yield ws
     finally:
         await ws.close()
@@ -116,3 +143,343 @@ async def test_an_event_before_the_namespace_is_joined_is_dropped(
     await patient.send("signal", {"candidate": candidate(5)})
     assert (await doctor.next("signal"))["candidate"] == candidate(5)
     assert doctor.queues["signal"].empty()
+
+
+# emits written at once (`Outlet`) ------------------------------------------------------------
+def message(text: str) -> eio_packet.Packet:
+    return eio_packet.Packet(eio_packet.MESSAGE, text)
+
+
+def engine(client: Client) -> Engine:
+    eio = client.app[SIGNALING].sio.eio
+    assert isinstance(eio, Engine)
+    return eio
+
+
+async def until(check: Callable[[], bool]) -> None:
+    async with asyncio.timeout(WAIT):
+        while not check():  # noqa: ASYNC110 (the writer's state has no event to await)
+            await asyncio.sleep(0.001)
+
+
+async def idle(outlet: Outlet) -> None:
+    """Until the socket's writer has sent all it took and waits for more."""
+    await until(lambda: not outlet.busy and outlet.queue.empty())
+
+
+async def test_emits_to_an_idle_writer_go_out_at_once_in_order_with_queued_frames(
+    client: Client, book: Book
+) -> None:
+    """An emit while the writer waits with nothing queued is written in the emitter's
+    call; once anything is queued (a PING here, as python-engineio queues it), later
+    emits queue behind it until the writer has sent it all."""
+    booked = await book()
+    eio = engine(client)
+    async with raw_socket(client, booked) as ws:
+        sid = ws.eio_sid  # type: ignore[attr-defined]
+        socket, outlet = eio.sockets[sid], eio.outlets[sid]
+        await idle(outlet)
+        assert _queued(eio, sid, message("a"))
+        assert socket.queue.empty()  # written, not queued
+        socket.queue.put_nowait(eio_packet.Packet(eio_packet.PING))
+        assert _queued(eio, sid, message("b"))
+        assert socket.queue.qsize() == 2  # behind the ping
+        assert [await ws.receive_str() for _ in range(3)] == ["4a", "2", "4b"]
+        await idle(outlet)
+        assert _queued(eio, sid, message("c"))
+        assert socket.queue.empty()
+        assert _queued(eio, sid, message("d" * 70_000))  # a long frame's header
+        assert await ws.receive_str() == "4c"
+        assert await ws.receive_str() == "4" + "d" * 70_000
+    await until(lambda: sid not in eio.outlets)  # the session's end takes its outlet away
+
+
+async def test_a_queued_close_still_ends_the_websocket_and_nothing_follows_it(
+    client: Client, book: Book
+) -> None:
+    booked = await book()
+    eio = engine(client)
+    async with raw_socket(client, booked) as ws:
+        sid = ws.eio_sid  # type: ignore[attr-defined]
+        socket, outlet = eio.sockets[sid], eio.outlets[sid]
+        await idle(outlet)
+        assert _queued(eio, sid, message("a"))
+        socket.queue.put_nowait(eio_packet.Packet(eio_packet.CLOSE))
+        _queued(eio, sid, message("after the close"))
+        assert [await ws.receive_str() for _ in range(2)] == ["4a", "1"]
+        assert (await ws.receive()).type in (WSMsgType.CLOSE, WSMsgType.CLOSED)
+    assert outlet.busy  # for good
+    assert not outlet.write(message("late"))
+
+
+async def test_a_peer_that_does_not_read_gets_the_rest_queued_and_the_sender_never_waits(
+    client: Client, book: Book
+) -> None:
+    """Flow control: emits to a peer that stops reading go out at once only while the
+    connection's write buffer is under its high-water mark; the rest queue (the writer
+    waits for aiohttp's drain, not the emitter), and all arrive in order once it reads."""
+    booked = await book()
+    eio = engine(client)
+    async with raw_socket(client, booked) as ws:
+        sid = ws.eio_sid  # type: ignore[attr-defined]
+        socket, outlet = eio.sockets[sid], eio.outlets[sid]
+        await idle(outlet)
+        chunk = "y" * 4096
+        sent = 0
+        # no await in this loop: the client (same event loop) reads nothing meanwhile, and
+        # the kernel's socket buffers fill first (a few MB on loopback)
+        while socket.queue.empty() and sent < 20_000:
+            assert _queued(eio, sid, message(f"{sent} {chunk}"))
+            sent += 1
+        assert not socket.queue.empty()
+        assert outlet.transport.get_write_buffer_size() > outlet.high
+        for n in range(sent, sent + 10):  # and all after it queue too
+            assert _queued(eio, sid, message(f"{n} {chunk}"))
+        assert socket.queue.qsize() == 11
+        for n in range(sent + 10):
+            assert await ws.receive_str() == f"4{n} {chunk}"
+        await idle(outlet)
+        assert _queued(eio, sid, message("again"))  # read up: at once again
+        assert socket.queue.empty()
+        assert await ws.receive_str() == "4again"
+
+
+async def test_a_websocket_that_compresses_gets_compressed_frames_at_once_in_order(
+    client: Client, book: Book, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """permessage-deflate, as browsers offer it: the outlet compresses with the
+    WebSocket's own compressor, so frames written at once and frames the writer sends
+    make one stream the client inflates (with context takeover: each frame may refer
+    to the ones before it); a message too long to compress in the loop is queued."""
+    booked = await book()
+    eio = engine(client)
+    async with raw_socket(client, booked, compress=15) as ws:
+        assert ws.compress  # negotiated
+        sid = ws.eio_sid  # type: ignore[attr-defined]
+        socket, outlet = eio.sockets[sid], eio.outlets[sid]
+        assert outlet.deflating is not None
+        compressed: list[bytes] = []
+        through = outlet.deflating._send_compressed_frame_sync
+
+        def spy(message: bytes, opcode: int, compress: int | None) -> None:
+            compressed.append(message)
+            through(message, opcode, compress)
+
+        monkeypatch.setattr(outlet.deflating, "_send_compressed_frame_sync", spy)
+        texts = [f'2/visit,["signal",{{"candidate":"c {n}"}}]' * 3 for n in range(4)]
+        longest = "x" * DEFLATE_AT_ONCE_MAX
+        await idle(outlet)
+        assert _queued(eio, sid, message(texts[0]))
+        assert socket.queue.empty()
+        assert compressed == [("4" + texts[0]).encode()]  # in the emitter's call
+        socket.queue.put_nowait(eio_packet.Packet(eio_packet.PING))
+        assert _queued(eio, sid, message(texts[1]))
+        assert socket.queue.qsize() == 2  # behind the ping
+        received = [await ws.receive_str() for _ in range(3)]
+        await idle(outlet)
+        assert _queued(eio, sid, message(texts[2]))
+        assert socket.queue.empty()
+        assert _queued(eio, sid, message(longest))  # "4" and 16 KiB: longer than the limit
+        assert _queued(eio, sid, message(texts[3]))
+        assert socket.queue.qsize() == 2
+        received += [await ws.receive_str() for _ in range(3)]
+        assert received == [
+            *("4" + texts[0], "2", "4" + texts[1]),
+            *("4" + texts[2], "4" + longest, "4" + texts[3]),
+        ]
+
+
+class Wire:
+    """A fake connection: what the writer's `send_str` and the outlet's transport
+    write, in the order written; `gate` holds the writer inside a send (as a peer that
+    does not read holds it in aiohttp's drain)."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.closed = False
+        self.compress = 0
+        self.closing = False
+        self.buffered = 0
+
+    # the WebSocketResponse's part
+    async def send_str(self, data: str) -> None:
+        self.sent.append(data)
+        await self.gate.wait()
+
+    async def close(self) -> None:
+        self.closed = True
+
+    # the transport's part
+    def write(self, data: bytes) -> None:
+        assert data[0] == 0x81
+        assert data[1] < 126
+        self.sent.append(data[2:].decode())
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return 16_384, 65_536
+
+
+def fake_outlet(wire: Wire) -> tuple[Outlet, Any]:
+    socket = SimpleNamespace(queue=asyncio.Queue(), sid="s1")
+    return Outlet(socket.queue, wire, wire), socket  # type: ignore[arg-type]
+
+
+def send(outlet: Outlet, packet: eio_packet.Packet) -> None:
+    """What `wire._queued` does with a frame for an open socket."""
+    if not outlet.write(packet):
+        outlet.queue.put_nowait(packet)
+
+
+async def test_while_the_writer_holds_a_batch_emits_queue_behind_it() -> None:
+    wire = Wire()
+    outlet, socket = fake_outlet(wire)
+    transport = WebSocketTransport(lambda _: asyncio.sleep(0), SimpleNamespace())  # type: ignore[arg-type]
+    writer = asyncio.create_task(transport._write(socket, wire, outlet))  # type: ignore[arg-type]
+    try:
+        await idle(outlet)
+        send(outlet, message("1"))  # idle: at once
+        assert wire.sent == ["41"]
+        wire.gate.clear()  # the peer stops reading
+        socket.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
+        await asyncio.sleep(0)  # the writer takes it and waits inside its send
+        assert outlet.busy
+        assert socket.queue.empty()
+        send(outlet, message("2"))
+        send(outlet, message("3"))
+        assert wire.sent == ["41", "6"]
+        assert socket.queue.qsize() == 2
+        wire.gate.set()  # the peer reads again
+        await idle(outlet)
+        send(outlet, message("4"))
+        assert wire.sent == ["41", "6", "42", "43", "44"]
+    finally:
+        socket.queue.put_nowait(None)
+        await writer
+    assert wire.closed
+    assert outlet.busy
+    assert not outlet.write(message("5"))
+
+
+@pytest.mark.parametrize(
+    "why",
+    ["queued", "busy", "closing", "closed", "above the high-water mark", "ping", "noop", "close"],
+)
+def test_an_outlet_declines_whenever_writing_now_is_not_safe(why: str) -> None:
+    wire = Wire()
+    outlet, _ = fake_outlet(wire)
+    packet = message("x")
+    if why == "queued":
+        outlet.queue.put_nowait(message("before"))
+    elif why == "busy":
+        outlet.busy = True
+    elif why == "closing":
+        wire.closing = True
+    elif why == "closed":
+        wire.closed = True
+    elif why == "above the high-water mark":
+        wire.buffered = 65_537
+    else:
+        packet = eio_packet.Packet(
+            {"ping": eio_packet.PING, "noop": eio_packet.NOOP, "close": eio_packet.CLOSE}[why]
+        )
+    assert not outlet.write(packet)
+    assert wire.sent == []
+
+
+def test_an_idle_outlet_writes_up_to_the_high_water_mark() -> None:
+    wire = Wire()
+    outlet, _ = fake_outlet(wire)
+    assert outlet.write(message("x"))
+    wire.buffered = 65_536  # at the mark: the transport has not paused its protocol
+    assert outlet.write(message("y"))
+    assert wire.sent == ["4x", "4y"]
+
+
+@pytest.mark.parametrize(
+    "data",
+    ["", "4x", "é✓" * 20, "a" * 125, "a" * 126, "a" * 65_535, "a" * 65_536, "a" * 70_000]
+    + [b"", b"\x00\xff" * 100, b"b" * 65_536],
+)
+async def test_frames_are_the_bytes_aiohttp_writes(data: str | bytes) -> None:
+    """`frame` builds a server's frame itself (header, then the payload, as RFC 6455
+    has it); these are the bytes aiohttp's own writer puts on the transport for the
+    same message, uncompressed: should aiohttp frame differently, this fails."""
+    written: list[bytes] = []
+    transport = SimpleNamespace(write=written.append, is_closing=lambda: False)
+    writer = WebSocketWriter(SimpleNamespace(_paused=False), transport)  # type: ignore[arg-type]
+    if isinstance(data, str):
+        await writer.send_frame(data.encode(), WSMsgType.TEXT)
+    else:
+        await writer.send_frame(data, WSMsgType.BINARY)
+    assert frame(data) == b"".join(written)
+
+
+async def test_a_compressing_outlet_writes_deflated_frames_and_waits_for_aiohttps_lock() -> None:
+    """The frames an outlet compresses are permessage-deflate's (RSV1 set, the DEFLATE
+    block without its 4-byte tail) and share the compressor aiohttp's `send_frame` uses;
+    while aiohttp holds its lock on it (a long message compressing in its executor) the
+    outlet declines."""
+    written: list[bytes] = []
+    transport = SimpleNamespace(
+        write=written.append,
+        is_closing=lambda: False,
+        get_write_buffer_size=lambda: 0,
+        get_write_buffer_limits=lambda: (16_384, 65_536),
+    )
+    writer = WebSocketWriter(SimpleNamespace(_paused=False), transport, compress=15)  # type: ignore[arg-type]
+    ws = SimpleNamespace(compress=15, closed=False, _writer=writer)
+    outlet = Outlet(asyncio.Queue(), ws, transport)  # type: ignore[arg-type]
+    inflate = zlib.decompressobj(-15)
+
+    def inflated(data: bytes) -> str:
+        assert data[0] == 0xC1  # FIN, RSV1 (compressed), text
+        assert data[1] < 126
+        return (inflate.decompress(data[2:] + b"\x00\x00\xff\xff")).decode()
+
+    assert outlet.write(message("a" * 50))
+    await writer.send_frame(b"4" + b"a" * 50, WSMsgType.TEXT)  # the writer's way, between
+    assert outlet.write(message("a" * 50))
+    assert [inflated(data) for data in written] == ["4" + "a" * 50] * 3
+    assert len(written[2]) < len(written[0])  # the third refers to the ones before it
+    async with writer._send_lock:
+        assert not outlet.write(message("b"))
+    assert len(written) == 3
+
+
+def test_start_up_fails_naming_the_aiohttp_internal_if_it_changes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    check_library()  # the installed aiohttp has what `Outlet` compresses through
+
+    def reshaped(self: Any, message: bytes, opcode: int) -> None: ...
+
+    monkeypatch.setattr(WebSocketWriter, "_send_compressed_frame_sync", reshaped)
+    with pytest.raises(RuntimeError, match="_send_compressed_frame_sync"):
+        check_library()
+    monkeypatch.delattr(WebSocketWriter, "_send_compressed_frame_sync")
+    with pytest.raises(RuntimeError, match="_send_compressed_frame_sync"):
+        check_library()
+    monkeypatch.undo()
+    monkeypatch.delattr(web.WebSocketResponse, "_writer")
+    with pytest.raises(RuntimeError, match="_writer"):
+        check_library()
+    monkeypatch.undo()
+    made = WebSocketWriter.__init__
+
+    def without_lock(self: Any, *args: Any, **kwargs: Any) -> None:
+        made(self, *args, **kwargs)
+        del self._send_lock
+
+    monkeypatch.setattr(WebSocketWriter, "__init__", without_lock)
+    with pytest.raises(RuntimeError, match="_send_lock"):
+        check_library()
+    monkeypatch.undo()
+    check_library()

@@ -93,7 +93,7 @@ async def test_an_emit_queues_on_an_open_socket_and_leaves_the_rest_to_engine_io
     back to `send_packet`, which drops or closes as it always did."""
     frame = eio_packet.Packet(eio_packet.MESSAGE, '2/visit,["x",{}]')
     socket = SimpleNamespace(closed=False, last_ping=None, queue=asyncio.Queue())
-    eio = SimpleNamespace(sockets={"e1": socket}, ping_timeout=20)
+    eio = SimpleNamespace(sockets={"e1": socket}, ping_timeout=20, outlets={})
     assert _queued(eio, "e1", frame)
     assert socket.queue.get_nowait() is frame
     socket.last_ping = time.time() - 5
@@ -109,3 +109,37 @@ async def test_an_emit_queues_on_an_open_socket_and_leaves_the_rest_to_engine_io
 
 def test_outside_an_event_nothing_is_taken_for_an_ack_less_one() -> None:
     assert acknowledging() is True
+
+
+async def test_an_emit_goes_through_the_sockets_outlet_when_it_takes_it() -> None:
+    """A socket whose WebSocket writer is idle has an outlet that writes at once; when
+    it declines (see `signaling.websocket.Outlet`) the frame is queued as before, and a
+    socket without one (long polling) is queued as before."""
+    frame = eio_packet.Packet(eio_packet.MESSAGE, '2/visit,["x",{}]')
+    written: list[eio_packet.Packet] = []
+    taking = True
+
+    def write(packet: eio_packet.Packet) -> bool:
+        if taking:
+            written.append(packet)
+        return taking
+
+    sockets = {
+        "ws": SimpleNamespace(closed=False, last_ping=None, queue=asyncio.Queue()),
+        "polling": SimpleNamespace(closed=False, last_ping=None, queue=asyncio.Queue()),
+    }
+    eio = SimpleNamespace(
+        sockets=sockets, ping_timeout=20, outlets={"ws": SimpleNamespace(write=write)}
+    )
+    assert _queued(eio, "ws", frame)
+    assert written == [frame]
+    assert sockets["ws"].queue.empty()
+    taking = False
+    assert _queued(eio, "ws", frame)
+    assert written == [frame]
+    assert sockets["ws"].queue.get_nowait() is frame
+    assert _queued(eio, "polling", frame)
+    assert sockets["polling"].queue.get_nowait() is frame
+    sockets["ws"].closed = True  # a closed socket is left to send_packet, outlet or not
+    assert not _queued(eio, "ws", frame)
+    assert written == [frame]
