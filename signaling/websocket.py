@@ -76,28 +76,35 @@ def frame(message: str | bytes) -> bytes:
 
 class Outlet:
     """A WebSocket's way out for messages emitted while its writer has nothing to do:
-    `write` puts the frame on the connection's transport in the sender's own call, instead
-    of on the socket's queue for the writer task to take.
+    `write` takes the frame at once, and the frames taken during one pass of the event
+    loop are written together (`flush`, one callback per pass and WebSocket) instead of
+    going on the socket's queue for the writer task to take.
 
     Measured with bench/signaling.py (py-spy on the server), the writer task was ~30% of
     the server's time: half aiohttp's `send_str` down to `transport.write` (what the bare
-    relay does too), half waking the task for every message (the queue's getter future,
-    the loop's handle, the task's step) and the coroutine layers of `send_str`. A direct
-    write keeps only `transport.write` and a header: in that benchmark nearly every
-    relayed signal goes this way (the writer's share of the profile fell to ~0.4%), and
-    the server's CPU per relayed signal fell by about a tenth (figures in bench/README.md).
+    relay does too), half waking the task for every batch (the queue's getter future,
+    the loop's handle, the task's step) and the coroutine layers of `send_str` for every
+    frame. A flush keeps one plain callback and one `transport.write` (one `send`) for
+    all the frames a pass left for a WebSocket. Writing each frame in the emitter's call
+    instead was measured too: it saved the server as much, but sent every frame in a
+    segment of its own, spread out in time (aiohttp sets TCP_NODELAY), and the peers
+    spent ~15% more CPU per message reading them; on this 2-core machine, shared with
+    the benchmark's clients, relayed signals/s rose ~5% that way against ~25% this way
+    (figures below).
 
-    `write` declines (False: the caller queues the frame, as before) whenever writing now
-    could reorder, block or corrupt anything:
+    `write` declines (False: the caller queues the frame, as before) whenever taking it
+    now could reorder, block or corrupt anything:
 
     - anything on the queue, or the writer holding packets it took and has not sent yet
       (`busy`, which it sets from taking a batch until that batch is written, and for
-      good once it ends): a frame never overtakes one sent before it to the same socket;
+      good once it ends); the writer flushes what the outlet holds before it writes
+      anything else, so a frame never overtakes one sent before it to the same socket;
     - the transport closing, or the WebSocket closed (a close frame written or on its
       way: no data frame may follow it);
-    - the transport's write buffer above its high-water mark (the peer reads slower than
-      it is sent to): the frame waits on the queue and the writer awaits the drain in
-      aiohttp's `send_frame`, as before, so a slow reader never holds up its senders;
+    - the transport's write buffer and what the outlet holds above the transport's
+      high-water mark (the peer reads slower than it is sent to): the frame waits on the
+      queue and the writer awaits the drain in aiohttp's `send_frame`, as before, so a
+      slow reader never holds up its senders;
     - anything but an Engine.IO MESSAGE: PING, NOOP and CLOSE keep the queue (the writer
       closes the WebSocket after a CLOSE);
     - on a WebSocket that compresses, a message longer than `DEFLATE_AT_ONCE_MAX`, or
@@ -110,16 +117,26 @@ class Outlet:
     permessage-deflate: browsers offer it and aiohttp accepts it by default, so the pages'
     WebSockets compress (the benchmark's clients, like aiohttp's and python-engineio's,
     offer none). Every compressed frame of a WebSocket goes through one compressor whose
-    state (the LZ77 window the peer's decompressor mirrors) aiohttp's writer keeps: an
-    outlet compresses with that compressor, through the same method aiohttp's
-    `send_frame` calls for a message up to 16 KiB (`_send_compressed_frame_sync`:
-    compress, flush, write, with no await), and only while aiohttp's lock on it is free,
-    so the frames and the compressor's state are exactly those of `send_str`. Those are
-    aiohttp's internals: `check_library` fails at start-up if they change. Measured with
-    bench/signaling.py's clients offering permessage-deflate (as browsers do), relayed
-    signals/s went from 19,600 to 23,700 with the outlet writing compressed frames."""
+    state (the LZ77 window the peer's decompressor mirrors) aiohttp's writer keeps: a
+    flush compresses with that compressor, frame by frame in order, through the same
+    method aiohttp's `send_frame` calls for a message up to 16 KiB
+    (`_send_compressed_frame_sync`: compress, flush, write, with no await). The writer
+    flushes the outlet before its own sends and holds aiohttp's lock on the compressor
+    only while busy, when `write` takes nothing, so the frames and the compressor's
+    state are exactly those of `send_str`. Those are aiohttp's internals:
+    `check_library` fails at start-up if they change."""
 
-    __slots__ = ("busy", "deflating", "high", "pending", "queue", "transport", "ws")
+    __slots__ = (
+        "busy",
+        "deflating",
+        "high",
+        "loop",
+        "pending",
+        "pending_size",
+        "queue",
+        "transport",
+        "ws",
+    )
 
     def __init__(
         self,
@@ -130,48 +147,62 @@ class Outlet:
         self.queue = queue
         self.ws = ws
         self.transport = transport
+        self.loop = asyncio.get_running_loop()
         self.high = transport.get_write_buffer_limits()[1]
         self.busy = False  # the writer holds packets taken from the queue, or has ended
         # aiohttp's writer, whose compressor frames go through, if the WebSocket compresses
         self.deflating: WebSocketWriter | None = ws._writer if ws.compress else None
-        self.pending: list[bytes] = []
-
-    def flush(self) -> None:
-        pending = self.pending
-        if pending:
-            data = b"".join(pending) if len(pending) > 1 else pending[0]
-            pending.clear()
-            if not self.transport.is_closing():
-                self.transport.write(data)
+        # the messages taken since the last flush, encoded (as `str` or `bytes`), in order
+        self.pending: list[str | bytes] = []
+        self.pending_size = 0  # their length, in characters or bytes
 
     def write(self, packet: eio_packet.Packet) -> bool:
-        """Write `packet` to the WebSocket now if nothing is ahead of it and the connection
+        """Take `packet` for the next flush if nothing is ahead of it and the connection
         takes it (see the class); False leaves it to the queue."""
         if self.busy or packet.packet_type != eio_packet.MESSAGE or not self.queue.empty():
             return False
         transport = self.transport
+        encoded = packet.encode()
+        size = self.pending_size + len(encoded)
         if (
             transport.is_closing()
             or self.ws.closed
-            or transport.get_write_buffer_size() > self.high
+            or transport.get_write_buffer_size() + size > self.high
         ):
             return False
         deflating = self.deflating
-        if deflating is None:
-            pending = self.pending
-            if not pending:
-                asyncio.get_running_loop().call_soon(self.flush)
-            pending.append(frame(packet.encode()))
-            return True
-        encoded = packet.encode()
-        if isinstance(encoded, str):
-            payload, opcode = encoded.encode("utf-8"), WSMsgType.TEXT
-        else:
-            payload, opcode = bytes(encoded), WSMsgType.BINARY
-        if len(payload) > DEFLATE_AT_ONCE_MAX or deflating._send_lock.locked():
+        if deflating is not None and (
+            len(encoded) > DEFLATE_AT_ONCE_MAX or deflating._send_lock.locked()
+        ):
             return False
-        deflating._send_compressed_frame_sync(payload, opcode, None)
+        pending = self.pending
+        if not pending:
+            self.loop.call_soon(self.flush)
+        pending.append(encoded)
+        self.pending_size = size
         return True
+
+    def flush(self) -> None:
+        """Write the messages taken since the last flush, in order: at the end of the
+        loop's pass that took the first of them, or earlier, by the writer, before it
+        writes anything of its own."""
+        pending = self.pending
+        if not pending:
+            return
+        self.pending = []
+        self.pending_size = 0
+        transport = self.transport
+        if transport.is_closing():  # the peer is gone: as the writer's send would fail
+            return
+        deflating = self.deflating
+        if deflating is None:
+            transport.write(b"".join([frame(encoded) for encoded in pending]))
+            return
+        for encoded in pending:
+            if isinstance(encoded, str):
+                deflating._send_compressed_frame_sync(encoded.encode("utf-8"), WSMsgType.TEXT, None)
+            else:
+                deflating._send_compressed_frame_sync(bytes(encoded), WSMsgType.BINARY, None)
 
 
 # aiohttp's internals an `Outlet` compresses through: WebSocketWriter's method for a
@@ -382,7 +413,7 @@ class WebSocketTransport:
                 packets = [await queue.get()]
                 if outlet is not None:
                     outlet.busy = True
-                    outlet.flush()
+                    outlet.flush()  # what it took before anything was queued
                 queue.task_done()
                 while not queue.empty():
                     packets.append(queue.get_nowait())
@@ -402,6 +433,7 @@ class WebSocketTransport:
         finally:
             if outlet is not None:
                 outlet.busy = True  # for good: the close frame is next, nothing may follow it
+                outlet.flush()  # what it took before the writer's end was queued
             await ws.close()
 
 

@@ -13,10 +13,10 @@ exactly, without that work:
   any other server or client of the process).
 - `LocalRooms` / `SharedRooms`: the client managers (rooms in this process, or shared
   through Redis), whose emit sends to each recipient in turn. A send only puts the frame
-  on the socket's queue (Engine.IO's writer task writes it), or writes it at once when
-  that WebSocket's writer is idle with nothing queued (`signaling.websocket.Outlet`), so
-  a task per recipient bought nothing but its own cost; order per recipient is what it
-  was.
+  on the socket's queue (Engine.IO's writer task writes it), or, when that WebSocket's
+  writer is idle with nothing queued, hands it to the socket's `Outlet`
+  (`signaling.websocket`), which writes it at the end of the loop's pass; so a task per
+  recipient bought nothing but its own cost; order per recipient is what it was.
 - `Server`: python-socketio's `AsyncServer`, which tells the event's handler whether the
   client asked for an acknowledgement (`acknowledging()`): a client that did not is told
   of a refusal another way (see signaling/visits.py). Its Engine.IO server serves
@@ -109,10 +109,10 @@ class Packet(sio_packet.Packet):  # type: ignore[misc]
 
 def _queued(eio: Any, eio_sid: str, frame: eio_packet.Packet) -> bool:
     """Send `frame` to an open socket where `AsyncSocket.send` would once its checks pass:
-    written at once through the socket's `Outlet` (`signaling.websocket`) if its WebSocket
-    writer is idle with nothing queued, else put on its queue (its writer,
-    `signaling.websocket`'s or a long poll, sends it); False leaves the frame to
-    `send_packet` and its handling of a gone, closed or silent client."""
+    taken by the socket's `Outlet` (`signaling.websocket`: written at the end of the
+    loop's pass) if its WebSocket writer is idle with nothing queued, else put on its
+    queue (its writer, `signaling.websocket`'s or a long poll, sends it); False leaves
+    the frame to `send_packet` and its handling of a gone, closed or silent client."""
     socket = eio.sockets.get(eio_sid)
     if socket is None or socket.closed:
         return False

@@ -145,7 +145,7 @@ async def test_an_event_before_the_namespace_is_joined_is_dropped(
     assert doctor.queues["signal"].empty()
 
 
-# emits written at once (`Outlet`) ------------------------------------------------------------
+# emits taken at once (`Outlet`) -------------------------------------------------------------
 def message(text: str) -> eio_packet.Packet:
     return eio_packet.Packet(eio_packet.MESSAGE, text)
 
@@ -164,33 +164,51 @@ async def until(check: Callable[[], bool]) -> None:
 
 async def idle(outlet: Outlet) -> None:
     """Until the socket's writer has sent all it took and waits for more."""
-    await until(lambda: not outlet.busy and outlet.queue.empty())
+    await until(lambda: not outlet.busy and outlet.queue.empty() and not outlet.pending)
 
 
-async def test_emits_to_an_idle_writer_go_out_at_once_in_order_with_queued_frames(
+class Counted:
+    """A transport that counts its writes (asyncio's transports have slots)."""
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        self.transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
+async def test_emits_to_an_idle_writer_are_taken_at_once_and_written_together_in_order(
     client: Client, book: Book
 ) -> None:
-    """An emit while the writer waits with nothing queued is written in the emitter's
-    call; once anything is queued (a PING here, as python-engineio queues it), later
-    emits queue behind it until the writer has sent it all."""
+    """Emits while the writer waits with nothing queued are taken in the emitter's call
+    and written in one write at the end of the loop's pass; once anything is queued (a
+    PING here, as python-engineio queues it), later emits queue behind it until the
+    writer has sent it all."""
     booked = await book()
     eio = engine(client)
     async with raw_socket(client, booked) as ws:
         sid = ws.eio_sid  # type: ignore[attr-defined]
         socket, outlet = eio.sockets[sid], eio.outlets[sid]
+        outlet.transport = counted = Counted(outlet.transport)  # type: ignore[assignment]
         await idle(outlet)
-        assert _queued(eio, sid, message("a"))
-        assert socket.queue.empty()  # written, not queued
+        for text in ("a", "b", "c" * 30_000):  # the last one's header has a 16-bit length
+            assert _queued(eio, sid, message(text))
+        assert socket.queue.empty()  # taken, not queued
         socket.queue.put_nowait(eio_packet.Packet(eio_packet.PING))
-        assert _queued(eio, sid, message("b"))
+        assert _queued(eio, sid, message("d"))
         assert socket.queue.qsize() == 2  # behind the ping
-        assert [await ws.receive_str() for _ in range(3)] == ["4a", "2", "4b"]
+        received = [await ws.receive_str() for _ in range(5)]
+        assert received == ["4a", "4b", "4" + "c" * 30_000, "2", "4d"]
+        assert counted.writes == 1  # a, b and c together (the ping and d: the writer's)
         await idle(outlet)
-        assert _queued(eio, sid, message("c"))
+        assert _queued(eio, sid, message("e"))
         assert socket.queue.empty()
-        assert _queued(eio, sid, message("d" * 70_000))  # a long frame's header
-        assert await ws.receive_str() == "4c"
-        assert await ws.receive_str() == "4" + "d" * 70_000
+        assert await ws.receive_str() == "4e"
     await until(lambda: sid not in eio.outlets)  # the session's end takes its outlet away
 
 
@@ -215,9 +233,10 @@ async def test_a_queued_close_still_ends_the_websocket_and_nothing_follows_it(
 async def test_a_peer_that_does_not_read_gets_the_rest_queued_and_the_sender_never_waits(
     client: Client, book: Book
 ) -> None:
-    """Flow control: emits to a peer that stops reading go out at once only while the
-    connection's write buffer is under its high-water mark; the rest queue (the writer
-    waits for aiohttp's drain, not the emitter), and all arrive in order once it reads."""
+    """Flow control: emits to a peer that stops reading are taken only while the
+    connection's write buffer (and what the outlet holds) is under its high-water mark;
+    the rest queue (the writer waits for aiohttp's drain, not the emitter), and all
+    arrive in order once the peer reads."""
     booked = await book()
     eio = engine(client)
     async with raw_socket(client, booked) as ws:
@@ -226,31 +245,33 @@ async def test_a_peer_that_does_not_read_gets_the_rest_queued_and_the_sender_nev
         await idle(outlet)
         chunk = "y" * 4096
         sent = 0
-        # no await in this loop: the client (same event loop) reads nothing meanwhile, and
-        # the kernel's socket buffers fill first (a few MB on loopback)
+        # the client does not read: once aiohttp's buffer and the kernel's (a few MB on
+        # loopback) are full, the server's transport buffers what it is given
         while socket.queue.empty() and sent < 20_000:
+            for _ in range(8):
+                assert _queued(eio, sid, message(f"{sent} {chunk}"))
+                sent += 1
+            await asyncio.sleep(0)  # the outlet's flush
+        assert not socket.queue.empty()
+        assert outlet.transport.get_write_buffer_size() + outlet.pending_size > outlet.high
+        for _ in range(10):  # and all after it queue too
             assert _queued(eio, sid, message(f"{sent} {chunk}"))
             sent += 1
-        assert not socket.queue.empty()
-        assert outlet.transport.get_write_buffer_size() > outlet.high
-        for n in range(sent, sent + 10):  # and all after it queue too
-            assert _queued(eio, sid, message(f"{n} {chunk}"))
-        assert socket.queue.qsize() == 11
-        for n in range(sent + 10):
+        for n in range(sent):
             assert await ws.receive_str() == f"4{n} {chunk}"
         await idle(outlet)
-        assert _queued(eio, sid, message("again"))  # read up: at once again
+        assert _queued(eio, sid, message("again"))  # read up: taken again
         assert socket.queue.empty()
         assert await ws.receive_str() == "4again"
 
 
-async def test_a_websocket_that_compresses_gets_compressed_frames_at_once_in_order(
+async def test_a_websocket_that_compresses_gets_frames_from_one_compressor_in_order(
     client: Client, book: Book, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """permessage-deflate, as browsers offer it: the outlet compresses with the
-    WebSocket's own compressor, so frames written at once and frames the writer sends
-    make one stream the client inflates (with context takeover: each frame may refer
-    to the ones before it); a message too long to compress in the loop is queued."""
+    WebSocket's own compressor, so frames it writes and frames the writer sends make
+    one stream the client inflates (with context takeover: each frame may refer to the
+    ones before it); a message too long to compress in the loop is queued."""
     booked = await book()
     eio = engine(client)
     async with raw_socket(client, booked, compress=15) as ws:
@@ -258,7 +279,7 @@ async def test_a_websocket_that_compresses_gets_compressed_frames_at_once_in_ord
         sid = ws.eio_sid  # type: ignore[attr-defined]
         socket, outlet = eio.sockets[sid], eio.outlets[sid]
         assert outlet.deflating is not None
-        compressed: list[bytes] = []
+        compressed: list[bytes] = []  # every frame through the compressor, in order
         through = outlet.deflating._send_compressed_frame_sync
 
         def spy(message: bytes, opcode: int, compress: int | None) -> None:
@@ -266,26 +287,28 @@ async def test_a_websocket_that_compresses_gets_compressed_frames_at_once_in_ord
             through(message, opcode, compress)
 
         monkeypatch.setattr(outlet.deflating, "_send_compressed_frame_sync", spy)
-        texts = [f'2/visit,["signal",{{"candidate":"c {n}"}}]' * 3 for n in range(4)]
+        texts = [f'2/visit,["signal",{{"candidate":"c {n}"}}]' * 3 for n in range(5)]
         longest = "x" * DEFLATE_AT_ONCE_MAX
         await idle(outlet)
         assert _queued(eio, sid, message(texts[0]))
-        assert socket.queue.empty()
-        assert compressed == [("4" + texts[0]).encode()]  # in the emitter's call
-        socket.queue.put_nowait(eio_packet.Packet(eio_packet.PING))
         assert _queued(eio, sid, message(texts[1]))
-        assert socket.queue.qsize() == 2  # behind the ping
-        received = [await ws.receive_str() for _ in range(3)]
-        await idle(outlet)
+        assert socket.queue.empty()
+        socket.queue.put_nowait(eio_packet.Packet(eio_packet.PING))
         assert _queued(eio, sid, message(texts[2]))
+        assert socket.queue.qsize() == 2  # behind the ping
+        received = [await ws.receive_str() for _ in range(4)]
+        await idle(outlet)
+        assert _queued(eio, sid, message(texts[3]))
         assert socket.queue.empty()
         assert _queued(eio, sid, message(longest))  # "4" and 16 KiB: longer than the limit
-        assert _queued(eio, sid, message(texts[3]))
+        assert _queued(eio, sid, message(texts[4]))
         assert socket.queue.qsize() == 2
         received += [await ws.receive_str() for _ in range(3)]
-        assert received == [
-            *("4" + texts[0], "2", "4" + texts[1]),
-            *("4" + texts[2], "4" + longest, "4" + texts[3]),
+        frames = [*texts[:2], "2", texts[2], texts[3], longest, texts[4]]
+        assert received == [text if text == "2" else "4" + text for text in frames]
+        # the long one went through aiohttp's executor, the rest through one compressor
+        assert [data.decode() for data in compressed] == [
+            text if text == "2" else "4" + text for text in frames if text != longest
         ]
 
 
@@ -296,6 +319,7 @@ class Wire:
 
     def __init__(self) -> None:
         self.sent: list[str] = []
+        self.writes = 0
         self.gate = asyncio.Event()
         self.gate.set()
         self.closed = False
@@ -313,9 +337,14 @@ class Wire:
 
     # the transport's part
     def write(self, data: bytes) -> None:
-        assert data[0] == 0x81
-        assert data[1] < 126
-        self.sent.append(data[2:].decode())
+        self.writes += 1
+        while data:  # text frames under 64 KiB here
+            assert data[0] == 0x81
+            size, start = data[1], 2
+            if size == 126:
+                size, start = int.from_bytes(data[2:4]), 4
+            self.sent.append(data[start : start + size].decode())
+            data = data[start + size :]
 
     def is_closing(self) -> bool:
         return self.closing
@@ -345,34 +374,60 @@ async def test_while_the_writer_holds_a_batch_emits_queue_behind_it() -> None:
     writer = asyncio.create_task(transport._write(socket, wire, outlet))  # type: ignore[arg-type]
     try:
         await idle(outlet)
-        send(outlet, message("1"))  # idle: at once
-        assert wire.sent == ["41"]
+        send(outlet, message("1"))  # idle: taken
+        send(outlet, message("2"))
+        assert wire.sent == []
+        await asyncio.sleep(0)  # the end of the loop's pass: one write
+        assert wire.sent == ["41", "42"]
+        assert wire.writes == 1
         wire.gate.clear()  # the peer stops reading
         socket.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
         await asyncio.sleep(0)  # the writer takes it and waits inside its send
         assert outlet.busy
         assert socket.queue.empty()
-        send(outlet, message("2"))
         send(outlet, message("3"))
-        assert wire.sent == ["41", "6"]
+        send(outlet, message("4"))
+        assert wire.sent == ["41", "42", "6"]
         assert socket.queue.qsize() == 2
         wire.gate.set()  # the peer reads again
         await idle(outlet)
-        send(outlet, message("4"))
-        assert wire.sent == ["41", "6", "42", "43", "44"]
+        send(outlet, message("5"))
+        await idle(outlet)
+        assert wire.sent == ["41", "42", "6", "43", "44", "45"]
     finally:
         socket.queue.put_nowait(None)
         await writer
-    assert wire.closed
-    assert outlet.busy
-    assert not outlet.write(message("5"))
+    assert wire.closed  # the writer closed the WebSocket
+    assert outlet.busy  # for good
+    assert not outlet.write(message("6"))
+
+
+async def test_the_writer_writes_what_the_outlet_took_before_its_own_frames() -> None:
+    """Should the writer wake before the outlet's flush (a PING queued meanwhile), it
+    flushes the outlet first: what was taken before anything was queued goes first."""
+    wire = Wire()
+    outlet, socket = fake_outlet(wire)
+    transport = WebSocketTransport(lambda _: asyncio.sleep(0), SimpleNamespace())  # type: ignore[arg-type]
+    writer = asyncio.create_task(transport._write(socket, wire, outlet))  # type: ignore[arg-type]
+    try:
+        await idle(outlet)
+        outlet.loop = SimpleNamespace(call_soon=lambda callback: None)  # type: ignore[assignment]
+        send(outlet, message("1"))  # taken; its flush never comes
+        send(outlet, message("2"))
+        socket.queue.put_nowait(eio_packet.Packet(eio_packet.PING))
+        send(outlet, message("3"))  # behind the ping
+        await idle(outlet)
+        assert wire.sent == ["41", "42", "2", "43"]
+    finally:
+        socket.queue.put_nowait(None)
+        await writer
 
 
 @pytest.mark.parametrize(
     "why",
     ["queued", "busy", "closing", "closed", "above the high-water mark", "ping", "noop", "close"],
 )
-def test_an_outlet_declines_whenever_writing_now_is_not_safe(why: str) -> None:
+async def test_an_outlet_declines_whenever_taking_a_frame_now_is_not_safe(why: str) -> None:
     wire = Wire()
     outlet, _ = fake_outlet(wire)
     packet = message("x")
@@ -385,22 +440,37 @@ def test_an_outlet_declines_whenever_writing_now_is_not_safe(why: str) -> None:
     elif why == "closed":
         wire.closed = True
     elif why == "above the high-water mark":
-        wire.buffered = 65_537
+        wire.buffered = 65_535  # and "4x"
     else:
         packet = eio_packet.Packet(
             {"ping": eio_packet.PING, "noop": eio_packet.NOOP, "close": eio_packet.CLOSE}[why]
         )
     assert not outlet.write(packet)
+    assert not outlet.pending
+    await asyncio.sleep(0)
     assert wire.sent == []
 
 
-def test_an_idle_outlet_writes_up_to_the_high_water_mark() -> None:
+async def test_an_outlet_takes_frames_up_to_the_high_water_mark_with_what_it_holds() -> None:
     wire = Wire()
     outlet, _ = fake_outlet(wire)
-    assert outlet.write(message("x"))
-    wire.buffered = 65_536  # at the mark: the transport has not paused its protocol
-    assert outlet.write(message("y"))
-    assert wire.sent == ["4x", "4y"]
+    wire.buffered = 60_000
+    assert outlet.write(message("a" * 3000))
+    assert outlet.write(message("b" * 2534))  # 60,000 + 3,001 + 2,535: at the mark
+    assert not outlet.write(message("c"))  # above it, with what the outlet holds
+    outlet.flush()
+    assert [text[:2] for text in wire.sent] == ["4a", "4b"]
+    assert outlet.pending_size == 0
+
+
+async def test_a_flush_after_the_peer_left_writes_nothing() -> None:
+    wire = Wire()
+    outlet, _ = fake_outlet(wire)
+    assert outlet.write(message("a"))
+    wire.closing = True  # the connection is lost before the end of the pass
+    await asyncio.sleep(0)
+    assert wire.sent == []
+    assert not outlet.pending
 
 
 @pytest.mark.parametrize(
@@ -445,8 +515,10 @@ async def test_a_compressing_outlet_writes_deflated_frames_and_waits_for_aiohttp
         return (inflate.decompress(data[2:] + b"\x00\x00\xff\xff")).decode()
 
     assert outlet.write(message("a" * 50))
+    outlet.flush()
     await writer.send_frame(b"4" + b"a" * 50, WSMsgType.TEXT)  # the writer's way, between
     assert outlet.write(message("a" * 50))
+    await asyncio.sleep(0)  # the end of the loop's pass
     assert [inflated(data) for data in written] == ["4" + "a" * 50] * 3
     assert len(written[2]) < len(written[0])  # the third refers to the ones before it
     async with writer._send_lock:
