@@ -31,7 +31,7 @@ from signaling.websocket import (
 from signaling.wire import _queued
 from telemed.web.keys import SIGNALING
 from tests.conftest import People
-from tests.signaling.conftest import WAIT, Booked, Sockets
+from tests.signaling.conftest import WAIT, Booked, Sockets, VisitSocket
 from tests.signaling.test_visit_rooms import candidate, in_call
 
 Client = TestClient  # type: ignore[type-arg]
@@ -56,6 +56,13 @@ async def raw_socket(
         yield ws
     finally:
         await ws.close()
+
+
+async def the_call_goes_on(patient: VisitSocket, doctor: VisitSocket, n: int) -> None:
+    """The patient's next signal reaches the doctor, and nothing sent before it did."""
+    await patient.send("signal", {"candidate": candidate(n)})
+    assert (await doctor.next("signal"))["candidate"] == candidate(n)
+    assert doctor.queues["signal"].empty()
 
 
 async def test_a_long_polling_session_upgrades_and_signals_flow_both_ways(
@@ -125,10 +132,7 @@ async def test_frames_the_quick_way_cannot_take_are_refused_as_before_and_the_ca
     assert await patient.next("refused") == {"event": "", "error": "unknown event"}
     await eio.send('2/visit,["connect",{}]')
     assert await patient.next("refused") == {"event": "", "error": "unknown event"}
-    # the call is untouched, and nothing of the above reached the doctor
-    await patient.send("signal", {"candidate": candidate(4)})
-    assert (await doctor.next("signal"))["candidate"] == candidate(4)
-    assert doctor.queues["signal"].empty()
+    await the_call_goes_on(patient, doctor, 4)
 
 
 async def test_an_event_before_the_namespace_is_joined_is_dropped(
@@ -140,9 +144,7 @@ async def test_an_event_before_the_namespace_is_joined_is_dropped(
         await ws.send_str('42/visit,["signal",{"candidate":null}]')  # not connected to /visit
         await ws.send_str("40/visit,")
         assert (await ws.receive_str()).startswith('40/visit,{"sid":')
-    await patient.send("signal", {"candidate": candidate(5)})
-    assert (await doctor.next("signal"))["candidate"] == candidate(5)
-    assert doctor.queues["signal"].empty()
+    await the_call_goes_on(patient, doctor, 5)
 
 
 # emits taken at once (`Outlet`) -------------------------------------------------------------
