@@ -15,6 +15,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import socketio
 from aiohttp import ClientWebSocketResponse, WSMsgType, web
 from aiohttp.http import WebSocketWriter
 from aiohttp.test_utils import TestClient
@@ -133,6 +134,26 @@ async def test_frames_the_quick_way_cannot_take_are_refused_as_before_and_the_ca
     await eio.send('2/visit,["connect",{}]')
     assert await patient.next("refused") == {"event": "", "error": "unknown event"}
     await the_call_goes_on(patient, doctor, 4)
+
+
+async def test_an_ack_less_event_takes_the_short_way_and_an_acked_one_python_socketios(
+    client: Client, people: People, book: Book, sockets: Sockets, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    booked = await book()
+    doctor, patient = await in_call(sockets, booked, people.doctor_a.email)
+    general: list[Any] = []
+    through = socketio.AsyncServer._handle_event
+
+    async def counted(self: Any, eio_sid: str, namespace: str, id: Any, data: Any) -> None:
+        general.append(data[0])
+        await through(self, eio_sid, namespace, id, data)
+
+    monkeypatch.setattr(socketio.AsyncServer, "_handle_event", counted)
+    await the_call_goes_on(patient, doctor, 6)
+    assert general == []  # straight from the reader to the visit's handlers
+    assert (await patient.call("signal", {"candidate": candidate(7)}))["ok"]
+    assert (await doctor.next("signal"))["candidate"] == candidate(7)
+    assert general == ["signal"]
 
 
 async def test_an_event_before_the_namespace_is_joined_is_dropped(
