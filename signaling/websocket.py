@@ -12,9 +12,10 @@ WebSocket (`Engine` below) and runs the same protocol on the same socket object,
   server's handler, and every other packet to the socket (`AsyncSocket.receive`: pongs,
   upgrades, close), as python-engineio does;
 - a writer task that awaits the socket's queue directly and writes what is there;
-- an `Outlet` beside it, through which an emit writes a message at once, in the sender's
-  own call, when nothing is ahead of it: the queue empty and the writer idle (see
-  `Outlet` for when, for what that saves, and for permessage-deflate).
+- an `Outlet` beside it, which takes an emitted message at once, in the sender's own
+  call, when nothing is ahead of it (the queue empty and the writer idle), and writes
+  what it took at the end of the loop's pass, without waking the writer (see `Outlet`
+  for when, for what that saves, and for permessage-deflate).
 
 The timeouts those `wait_for`s carried are kept another way: a client that stops
 answering pings is closed by python-engineio's service task (`check_ping_timeout`),
@@ -192,7 +193,10 @@ class Outlet:
         self.pending = []
         self.pending_size = 0
         transport = self.transport
-        if transport.is_closing():  # the peer is gone: as the writer's send would fail
+        if transport.is_closing() or self.ws.closed:
+            # the peer is gone, or a close frame went out meanwhile (aiohttp answers the
+            # peer's close in `receive`): no data frame may follow it, and the writer's
+            # send would have failed the same way
             return
         deflating = self.deflating
         if deflating is None:

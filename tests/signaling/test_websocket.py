@@ -496,6 +496,18 @@ async def test_a_flush_after_the_peer_left_writes_nothing() -> None:
     assert not outlet.pending
 
 
+async def test_a_flush_after_a_close_frame_went_out_writes_nothing() -> None:
+    """aiohttp answers a peer's close in `receive`, with no await between it and the
+    end of the pass: no data frame may follow the close frame."""
+    wire = Wire()
+    outlet, _ = fake_outlet(wire)
+    assert outlet.write(message("a"))
+    await wire.close()  # the close frame is written before the end of the pass
+    await asyncio.sleep(0)
+    assert wire.sent == []
+    assert not outlet.pending
+
+
 @pytest.mark.parametrize(
     "data",
     ["", "4x", "é✓" * 20, "a" * 125, "a" * 126, "a" * 65_535, "a" * 65_536, "a" * 70_000]
