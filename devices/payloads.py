@@ -34,7 +34,7 @@ from datetime import UTC, datetime, timedelta
 from devices.compact import decode_object
 from devices.readings import Decoded, Reading, Refusal, Row
 from devices.senml import decode_pack, resolve
-from devices.vitals import DECLARED, Measurement, Vital, describe
+from devices.vitals import DECLARED, Measurement, describe
 from telemed.clock import iso, truncate
 
 DEFAULT_MAX_BYTES = 16384
@@ -138,26 +138,40 @@ def _pairs_written(text: str) -> int:
     return "".join(text.split('"')[::2]).count(":")
 
 
+def _no_key_twice(text: str, pairs: int) -> bool:
+    """Whether JSON text without escapes, whose parsed objects hold `pairs` key-value
+    pairs, wrote none of its keys twice (a key written twice is read once). Every ':'
+    is a pair's or inside a string, so as many ':' as pairs read settles it at once; a
+    name with a colon in it (`urn:dev:...`) takes the count outside strings."""
+    return text.count(":") == pairs or _pairs_written(text) == pairs
+
+
 _USUAL_LABELS = frozenset({"bn", "bt", "bu", "n", "u", "v", "t"})
 _NUMBER = (int, float)  # a JSON number's class (bool, a JSON true or false, is neither)
+_NEVER = -1.0  # an ambiguity bound no value is at or under while also at or over 0
 
 
-# (name, unit) as a device sends them: the vital, if its unit is the canonical one (or
-# means it), and the value up to which that unit is ambiguous; (None, None) otherwise.
-# A cache of what `resolve` and `DECLARED` say, emptied when full (devices choose names).
-_USUAL_SERIES: dict[tuple[str, str], tuple[Vital | None, float | None]] = {}
+# (base name, name, unit) as a device sends them, if the vital's unit is the canonical
+# one (or means it): (code, unit, low, high, value up to which the unit is ambiguous, or
+# _NEVER); () otherwise. A cache of what `resolve` and `DECLARED` say, emptied when full
+# (devices choose names).
+_Series = tuple[str, str, float, float, float] | tuple[()]
+_USUAL_SERIES: dict[tuple[str, str, str], _Series] = {}
 _USUAL_SERIES_MAX = 4096
 
 
-def _usual_series(key: tuple[str, str]) -> tuple[Vital | None, float | None]:
-    name, unit = key
-    vital = resolve(name)
+def _usual_series(key: tuple[str, str, str]) -> _Series:
+    base_name, name, unit = key
+    vital = resolve(base_name + name)
     conversion = None if vital is None else DECLARED.get((vital.code, unit))
-    found = (vital, conversion.ambiguous_up_to) if conversion and conversion.identity else None
+    found: _Series = ()
+    if vital is not None and conversion is not None and conversion.identity:
+        bound = conversion.ambiguous_up_to
+        found = (vital.code, vital.unit, vital.low, vital.high, _NEVER if bound is None else bound)
     if len(_USUAL_SERIES) >= _USUAL_SERIES_MAX:
         _USUAL_SERIES.clear()
-    _USUAL_SERIES[key] = found or (None, None)
-    return found or (None, None)
+    _USUAL_SERIES[key] = found
+    return found
 
 
 def _usual_pack(
@@ -166,8 +180,9 @@ def _usual_pack(
     """The rows of the usual payload, a SenML pack of plain records every one of which is
     kept, in one pass; None for anything else (a refusal, a rarer label or unit, a
     conversion), which the rest of `decode_rows` decides and names. It computes what the
-    general way computes, in the same order: tests/devices/test_payloads_fast.py checks
-    that the two agree, and that the usual pack takes this way."""
+    general way computes, in the same order, each time as `_Window.ms` does (written out
+    here: ingestion runs this loop for every reading). tests/devices/test_payloads_fast.py
+    checks that the two agree, and that the usual pack takes this way."""
     if len(payload) > max_bytes or payload[:1] != b"[":
         return None
     try:
@@ -183,6 +198,10 @@ def _usual_pack(
     if pack.__class__ is not list or not pack:
         return None
     window = _Window(now, max_age, max_skew)
+    now_us, now_seconds = window.now_us, window.now_seconds
+    earliest_us, latest_us = window.earliest_us, window.latest_us
+    modf, series_of, labels, number = math.modf, _USUAL_SERIES.get, _USUAL_LABELS, _NUMBER
+    epoch, one_ms = EPOCH, _MS
     base_name = base_unit = ""
     base_time = 0.0
     pairs = 0
@@ -190,7 +209,7 @@ def _usual_pack(
     seen: set[tuple[str, int]] = set()
     try:
         for record in pack:
-            if record.__class__ is not dict or not record.keys() <= _USUAL_LABELS:
+            if record.__class__ is not dict or not record.keys() <= labels:
                 return None
             pairs += len(record)
             if "bn" in record or "bt" in record or "bu" in record:
@@ -201,7 +220,7 @@ def _usual_pack(
                 )
                 if name.__class__ is not str or unit.__class__ is not str:
                     return None
-                if start.__class__ not in _NUMBER:
+                if start.__class__ not in number:
                     return None
                 base_name, base_unit, base_time = name, unit, float(start)
             n, unit, v, t = (
@@ -212,28 +231,38 @@ def _usual_pack(
             )
             if n.__class__ is not str or unit.__class__ is not str:
                 return None
-            if v.__class__ not in _NUMBER or t.__class__ not in _NUMBER:
+            if v.__class__ not in number or t.__class__ not in number:
                 return None
-            series = (base_name + n, unit)
-            vital, bound = _USUAL_SERIES.get(series) or _usual_series(series)
-            if vital is None:
+            key = (base_name, n, unit)
+            series = series_of(key)
+            if series is None:
+                series = _usual_series(key)
+            if not series:
                 return None
+            code, canonical, low, high, bound = series
             value = 0.0 + float(v)  # as bv (0) + v: -0 becomes 0 as it does there
-            if not vital.low <= value <= vital.high:
+            if not low <= value <= high or 0 <= value <= bound:
                 return None
-            if bound is not None and 0 <= value <= bound:
+            # the time, as `_Window.ms` computes it
+            seconds = base_time + float(t)
+            if seconds < RELATIVE_LIMIT:
+                start_us, ahead = now_us, seconds
+            else:
+                start_us, ahead = 0, seconds - now_seconds
+            if not -_FAR < ahead < _FAR:  # False for NaN too
                 return None
-            ms = window.ms(base_time + float(t))
-            if ms is None:
+            fraction, whole = modf(seconds)
+            ms = (start_us + int(whole) * 1_000_000 + round(fraction * 1e6)) // 1000
+            if not earliest_us <= ms * 1000 <= latest_us:
                 return None
-            key = (vital.code, ms)
-            if key in seen:
+            reading = (code, ms)
+            if reading in seen:
                 return None
-            seen.add(key)
-            rows.append((vital.code, value, vital.unit, _at(ms)))
+            seen.add(reading)
+            rows.append((code, value, canonical, epoch + one_ms * ms))
     except OverflowError:  # an integer too large for a float: the general way names it
         return None
-    return rows if _pairs_written(text) == pairs else None
+    return rows if _no_key_twice(text, pairs) else None
 
 
 class _DuplicateKey(ValueError):
@@ -275,7 +304,7 @@ def _parse(payload: bytes, max_bytes: int) -> object:
         else:
             depth, pairs = _shape(fast)
             # fewer pairs read than written: a key came twice (the general way names it)
-            if depth <= MAX_DEPTH and _pairs_written(text) == pairs:
+            if depth <= MAX_DEPTH and _no_key_twice(text, pairs):
                 return fast
     try:
         value: object = json.loads(text, object_pairs_hook=_unique)
