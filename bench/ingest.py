@@ -1009,6 +1009,8 @@ async def start_profile(rig: Rig, pid: int, seconds: float, out: Path) -> None:
         raise RuntimeError("--profile needs py-spy: .venv/bin/pip install py-spy")
     command = f"record --pid {pid} --duration {max(1, int(seconds))} --format raw --threads"
     command += f" --nonblocking --rate {rig.args.profile_rate}"
+    if rig.args.profile_gil:  # only the thread holding the GIL, at each sample
+        command += " --gil"
     proc = await asyncio.create_subprocess_exec(
         spy,
         *command.split(),
@@ -1263,6 +1265,11 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stall", type=float, default=5.0, help="drain ends after s without progress")
     p.add_argument("--profile", help="py-spy the phase-2 ingest process; raw stacks to this file")
     p.add_argument("--profile-rate", type=int, default=200, help="py-spy samples per second")
+    p.add_argument(
+        "--profile-gil",
+        action="store_true",
+        help="with --profile: sample only the thread holding the GIL (who bounds one process)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temp folder (logs, data)")
     # the ingestor's settings; defaults as IngestSettings and config.toml
     p.add_argument("--batch-max", type=int, default=5000)
