@@ -17,6 +17,7 @@ import aiomqtt
 import paho.mqtt.client as paho
 
 from devices.manual_ack import paho_client
+from devices.paho_reads import Delivery, read_publishes
 
 
 def client_with_inbox(
@@ -50,19 +51,21 @@ async def receive(client: aiomqtt.Client, inbox: asyncio.Queue[M], within: float
         return None
 
 
-def unwrapped(client: aiomqtt.Client) -> asyncio.Queue[paho.MQTTMessage]:
-    """A queue of the client's incoming messages as paho's own `MQTTMessage`s, put there
-    straight from paho's packet handler; call before connecting.
+def unwrapped(client: aiomqtt.Client) -> asyncio.Queue[Delivery]:
+    """A queue of the client's incoming messages as `Delivery` tuples, put there straight
+    from paho's reading; call before connecting, after `paho_reads.buffer_reads`.
 
-    On the way to aiomqtt's queue a message costs about 4 µs here (measured, beside the
-    ~80 µs of a 10-reading pack's whole ingestion): paho's `_handle_on_message` decodes
-    the topic three times, takes two mutexes and walks an empty table of per-topic
-    callbacks, then aiomqtt wraps the message in a `Message` whose `Topic` it validates.
-    Put straight on a queue it costs 0.4 µs. What is skipped is not needed here: the
-    event loop's thread is the only one running paho, no per-topic callback is set, and
-    the broker checked the topic. It reaches into paho: `Client._handle_on_message` is
-    replaced on the instance, and this fails at once, naming it, if an upgrade moves it
-    (tests/devices/test_ingest.py also delivers through it)."""
+    The PUBLISH packets that lie whole in the socket's buffer are read there
+    (`paho_reads.read_publishes`); the few paho reads itself (the first of each system
+    read, one cut by it) come through its packet handler, whose `_handle_on_message` is
+    replaced on the instance by a put on the queue. On the way to aiomqtt's queue a
+    message costs about 4 µs more (measured, beside the ~80 µs of a 10-reading pack's
+    whole ingestion): paho's `_handle_on_message` decodes the topic three times, takes two
+    mutexes and walks an empty table of per-topic callbacks, then aiomqtt wraps the
+    message in a `Message` whose `Topic` it validates. What is skipped is not needed here:
+    the event loop's thread is the only one running paho, no per-topic callback is set,
+    and the broker checked the topic. This fails at once, naming it, if an upgrade moves
+    what it replaces (tests/devices/test_ingest.py also delivers through both ways)."""
     inner = paho_client(client)
     method = getattr(type(inner), "_handle_on_message", None)
     if method is None or list(inspect.signature(method).parameters) != ["self", "message"]:
@@ -70,6 +73,12 @@ def unwrapped(client: aiomqtt.Client) -> asyncio.Queue[paho.MQTTMessage]:
             "paho-mqtt: Client._handle_on_message(message) is gone or changed; "
             "devices/inbox.py must be updated for this paho version"
         )
-    inbox: asyncio.Queue[paho.MQTTMessage] = asyncio.Queue()
-    setattr(inner, "_handle_on_message", inbox.put_nowait)  # noqa: B010 (a method, on mypy's view)
+    inbox: asyncio.Queue[Delivery] = asyncio.Queue()
+    put = inbox.put_nowait
+
+    def handle_on_message(message: paho.MQTTMessage) -> None:
+        put(Delivery(message._topic, message.mid, message.qos, bytes(message.payload)))  # noqa: SLF001
+
+    setattr(inner, "_handle_on_message", handle_on_message)  # noqa: B010 (a method, on mypy's view)
+    read_publishes(client, put)
     return inbox

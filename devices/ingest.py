@@ -34,7 +34,6 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 
 import aiomqtt
-import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -42,6 +41,7 @@ from devices import manual_ack, paho_properties, paho_reads
 from devices.broker import BrokerAccess
 from devices.dynsec import topic
 from devices.inbox import receive, unwrapped
+from devices.paho_reads import Delivery
 from devices.payloads import decode_rows
 from devices.readings import Refusal
 from telemed.clock import Clock
@@ -166,7 +166,7 @@ class Ingestor:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
 
-    def _client(self) -> tuple[aiomqtt.Client, asyncio.Queue[paho.MQTTMessage]]:
+    def _client(self) -> tuple[aiomqtt.Client, asyncio.Queue[Delivery]]:
         b, s = self.broker, self.settings
         paho_properties.share_tables()
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -204,9 +204,7 @@ class Ingestor:
             log.info("ingest: subscribed to vitals and status, group %s", group)
             await self._consume(client, inbox)
 
-    async def _consume(
-        self, client: aiomqtt.Client, inbox: asyncio.Queue[paho.MQTTMessage]
-    ) -> None:
+    async def _consume(self, client: aiomqtt.Client, inbox: asyncio.Queue[Delivery]) -> None:
         """Batches: open on the first message, commit when full or `batch_wait` later.
         The inbox holds at most Receive Maximum messages: the broker waits for our acks."""
         batch = _Batch()
@@ -262,7 +260,7 @@ class Ingestor:
             await committing
         return asyncio.create_task(self._commit(client, batch), name="ingest-commit")
 
-    async def _keep_received(self, inbox: asyncio.Queue[paho.MQTTMessage], batch: _Batch) -> None:
+    async def _keep_received(self, inbox: asyncio.Queue[Delivery], batch: _Batch) -> None:
         """The connection is gone: store what arrived, unacknowledged. A broker that lives
         sends it again (the dedupe key absorbs it); one that died may have lost it."""
         while not inbox.empty():
@@ -274,12 +272,12 @@ class Ingestor:
             self.stats.duplicates += len(observations) - new
 
     # one message ----------------------------------------------------------------------
-    async def _accept(self, message: paho.MQTTMessage, batch: _Batch) -> None:
+    async def _accept(self, message: Delivery, batch: _Batch) -> None:
         self.stats.messages += 1
         if message.qos > 0:
             batch.mids.append(message.mid)
         try:
-            parts = message.topic.split("/")
+            parts = message.topic.decode("utf-8").split("/")
         except UnicodeDecodeError:  # not UTF-8: a broker keeping to MQTT refuses it
             parts = []
         if len(parts) != 5 or parts[4] not in ("vitals", "status"):
@@ -290,7 +288,7 @@ class Ingestor:
             self.stats.refused += 1
             log.warning("ingest: message from unknown or revoked device %s ignored", parts[3])
             return
-        raw = bytes(message.payload)  # paho's: bytes already (typed bytes | bytearray)
+        raw = message.payload
         now = self.clock()
         if parts[4] == "status":
             await self._status(device, raw, now, batch)

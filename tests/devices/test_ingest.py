@@ -16,6 +16,7 @@ import pytest
 from devices.enrollment import Enrolled
 from devices.inbox import unwrapped
 from devices.ingest import SWITCH_INTERVAL, Ingestor, IngestSettings, _Batch
+from devices.paho_reads import Delivery
 from telemed.clock import utcnow
 from telemed.errors import StoreUnavailable
 from telemed.monitoring import Observation
@@ -253,14 +254,12 @@ async def test_two_ingestors_put_the_switch_interval_back_once_both_stop(rig: Ri
 
 
 async def test_a_message_whose_topic_is_not_utf8_is_ignored_and_acknowledged(rig: Rig) -> None:
-    """Messages reach the ingestor as paho's own (`devices.inbox.unwrapped`), whose topic
-    is decoded when read. A broker keeping to MQTT refuses a topic that is not UTF-8; one
-    that let it through gets it acknowledged and ignored, and the consumer goes on."""
+    """Messages reach the ingestor as `Delivery` tuples (`devices.inbox.unwrapped`), their
+    topic as sent. A broker keeping to MQTT refuses a topic that is not UTF-8; one that
+    let it through gets it acknowledged and ignored, and the consumer goes on."""
     ingestor = Ingestor(rig.store, utcnow, rig.access, IngestSettings(client_id="test-topic"))
     batch = _Batch()
-    message = paho.MQTTMessage(mid=7, topic=b"telemed/v1/devices/\xff/vitals")
-    message.qos = 1
-    message.payload = b'{"hr": 60}'
+    message = Delivery(b"telemed/v1/devices/\xff/vitals", 7, 1, b'{"hr": 60}')
     await ingestor._accept(message, batch)
     assert batch.mids == [7]
     assert batch.observations == []
