@@ -62,7 +62,7 @@ def decode(
     rows, refusals = decode_rows(
         payload, now=now, max_age=max_age, max_skew=max_skew, max_bytes=max_bytes
     )
-    return Decoded(tuple([Reading(device_id, *row) for row in rows]), refusals)
+    return Decoded(tuple([Reading(device_id, *row[:4]) for row in rows]), refusals)
 
 
 def decode_rows(
@@ -73,7 +73,8 @@ def decode_rows(
     max_skew: timedelta,
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> tuple[list[Row], tuple[Refusal, ...]]:
-    """As `decode`: the readings as (code, value, unit, taken_at), and the refusals."""
+    """As `decode`: the readings as (code, value, unit, taken_at, taken_at in ms since the
+    epoch), and the refusals."""
     if now.utcoffset() is None:
         raise ValueError("now must be timezone-aware")
     rows = _usual_pack(payload, now, max_age, max_skew, max_bytes)
@@ -259,7 +260,7 @@ def _usual_pack(
             if reading in seen:
                 return None
             seen.add(reading)
-            rows.append((code, value, canonical, epoch + one_ms * ms))
+            rows.append((code, value, canonical, epoch + one_ms * ms, ms))
     except OverflowError:  # an integer too large for a float: the general way names it
         return None
     return rows if _no_key_twice(text, pairs) else None
@@ -430,7 +431,7 @@ def _validate(
             )
             continue
         first[key] = item.record
-        rows.append((vital.code, item.value, vital.unit, _at(ms)))
+        rows.append((vital.code, item.value, vital.unit, _at(ms), ms))
     return rows, refusals
 
 

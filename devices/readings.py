@@ -39,6 +39,7 @@ class Decoded:
 
 
 # One reading as the ingest hot path carries it, before it has a device or a patient:
-# (LOINC code, value in the canonical unit, that unit, taken_at). A plain tuple: one is
-# made per reading, and the store's row is built from it without another object between.
-Row = tuple[str, float, str, datetime]
+# (LOINC code, value in the canonical unit, that unit, taken_at, taken_at in milliseconds
+# since the epoch). A plain tuple: one is made per reading, and the store's row is built
+# from it without another object between (the milliseconds as the decoder computed them).
+Row = tuple[str, float, str, datetime, int]

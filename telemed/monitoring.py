@@ -8,8 +8,8 @@ it keeps is these. Clinical defaults (thresholds, NEWS2) live in `devices/`, not
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 
@@ -39,14 +39,31 @@ class Observation:
     unit: str
     taken_at: datetime  # UTC, ms
     received_at: datetime  # when the server accepted it (UTC, ms)
+    # taken_at in milliseconds since the epoch, as the stores file it: from taken_at, or
+    # from the decoder that computed both (`observations_from_rows`)
+    taken_ms: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _SET_TAKEN_MS(self, (self.taken_at - _EPOCH) // _MILLISECOND)
 
     @property
     def key(self) -> tuple[str, str, datetime]:
         return (self.device_id, self.code, self.taken_at)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND = timedelta(milliseconds=1)
 _new = object.__new__
-_SET_PATIENT, _SET_DEVICE, _SET_CODE, _SET_VALUE, _SET_UNIT, _SET_TAKEN, _SET_RECEIVED = (
+(
+    _SET_PATIENT,
+    _SET_DEVICE,
+    _SET_CODE,
+    _SET_VALUE,
+    _SET_UNIT,
+    _SET_TAKEN,
+    _SET_RECEIVED,
+    _SET_TAKEN_MS,
+) = (
     Observation.__dict__[name].__set__
     for name in (
         "patient_id",
@@ -56,6 +73,7 @@ _SET_PATIENT, _SET_DEVICE, _SET_CODE, _SET_VALUE, _SET_UNIT, _SET_TAKEN, _SET_RE
         "unit",
         "taken_at",
         "received_at",
+        "taken_ms",
     )
 )
 
@@ -63,16 +81,17 @@ _SET_PATIENT, _SET_DEVICE, _SET_CODE, _SET_VALUE, _SET_UNIT, _SET_TAKEN, _SET_RE
 def observations_from_rows(
     patient_id: str,
     device_id: str,
-    rows: Iterable[tuple[str, float, str, datetime]],
+    rows: Iterable[tuple[str, float, str, datetime, int]],
     received_at: datetime,
 ) -> list[Observation]:
     """`Observation(patient_id, device_id, code, value, unit, taken_at, received_at)` for
-    each (code, value, unit, taken_at) row: the same objects, each field set through its
-    slot as the frozen dataclass's own `__init__` does, without its per-field lookups (half
-    the time; ingestion makes one per reading)."""
+    each (code, value, unit, taken_at, taken_ms) row, taken_ms being taken_at in ms since
+    the epoch: the same objects, each field set through its slot as the frozen
+    dataclass's own `__init__` does, without its per-field lookups (half the time;
+    ingestion makes one per reading), and taken_ms as the decoder computed it."""
     out: list[Observation] = []
     append = out.append
-    for code, value, unit, taken_at in rows:
+    for code, value, unit, taken_at, taken_ms in rows:
         o = _new(Observation)
         _SET_PATIENT(o, patient_id)
         _SET_DEVICE(o, device_id)
@@ -81,6 +100,7 @@ def observations_from_rows(
         _SET_UNIT(o, unit)
         _SET_TAKEN(o, taken_at)
         _SET_RECEIVED(o, received_at)
+        _SET_TAKEN_MS(o, taken_ms)
         append(o)
     return out
 

@@ -125,7 +125,8 @@ def _encoder(tp: Any) -> Encode:
         made = lambda v: {str(k): value(x) for k, x in v.items()}  # noqa: E731
     elif isinstance(tp, type) and dataclasses.is_dataclass(tp):
         hints = typing.get_type_hints(tp)
-        parts = [(f.name, _encoder(hints[f.name])) for f in dataclasses.fields(tp)]
+        # the fields its constructor takes: one it derives (init=False) is derived again
+        parts = [(f.name, _encoder(hints[f.name])) for f in dataclasses.fields(tp) if f.init]
         made = lambda v: {name: enc(getattr(v, name)) for name, enc in parts}  # noqa: E731
     elif isinstance(tp, type) and issubclass(tp, enum.Enum):
         made = lambda v: v.value  # noqa: E731
@@ -164,7 +165,7 @@ def _decoder(tp: Any) -> Decode:
         made = lambda v: {k: value(x) for k, x in v.items()}  # noqa: E731
     elif isinstance(tp, type) and dataclasses.is_dataclass(tp):
         hints = typing.get_type_hints(tp)
-        parts = [(f.name, _decoder(hints[f.name])) for f in dataclasses.fields(tp)]
+        parts = [(f.name, _decoder(hints[f.name])) for f in dataclasses.fields(tp) if f.init]
         cls = tp
         made = lambda v: cls(**{name: dec(v[name]) for name, dec in parts})  # noqa: E731
     elif isinstance(tp, type) and issubclass(tp, enum.Enum):

@@ -324,7 +324,7 @@ def _epoch_ms(moment: datetime) -> int:
 def _key(o: Observation) -> str:
     """The `_id` of an observation's entry in the key log: device, code and time (ms), as
     JSON text so that no device id or code can run into the next field."""
-    return json.dumps([o.device_id, o.code, _epoch_ms(o.taken_at)], separators=(",", ":"))
+    return json.dumps([o.device_id, o.code, o.taken_ms], separators=(",", ":"))
 
 
 @contextmanager

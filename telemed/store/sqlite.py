@@ -844,7 +844,7 @@ class SqliteStore:
                     [
                         (
                             sources[o.device_id, o.patient_id],
-                            (o.taken_at - EPOCH) // MILLISECOND,
+                            o.taken_ms,
                             o.code,
                             o.value,
                             o.unit,

@@ -25,6 +25,8 @@ from devices.vitals import HEART_RATE, Measurement
 from tests.devices.test_payloads import MAX_AGE, MAX_SKEW, NOW, SEEDS, mutate, mutate_json
 
 T = NOW.timestamp()
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MS = timedelta(milliseconds=1)
 
 
 def general_way(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -116,7 +118,7 @@ def test_times_are_the_same_both_ways(now: datetime, seconds: float) -> None:
         assert (rows, refusals) == ([], [general])
     else:
         assert refusals == []
-        assert rows == [("8867-4", 72.0, "/min", general)]
+        assert rows == [("8867-4", 72.0, "/min", general, (general - EPOCH) // MS)]
         assert rows[0][3].tzinfo is UTC
 
 
@@ -127,10 +129,11 @@ def test_rows_are_the_readings_without_the_device() -> None:
     rows, refusals = decode_rows(data, **options)
     decoded = decode(data, "dev-7", **options)
     assert refusals == decoded.refusals == ()
-    assert [("dev-7", *row) for row in rows] == [
+    assert [("dev-7", *row[:4]) for row in rows] == [
         (r.device_id, r.code, r.value, r.unit, r.taken_at) for r in decoded.readings
     ]
     assert not any(math.isnan(row[1]) for row in rows)
+    assert [row[4] for row in rows] == [(row[3] - EPOCH) // MS for row in rows]  # ms
 
 
 USUAL_PACKS = [
