@@ -133,18 +133,33 @@ class _Window:
         return taken_us // 1000
 
 
+_WINDOWS: dict[tuple[datetime, timedelta, timedelta], _Window] = {}
+
+
+def _window(now: datetime, max_age: timedelta, max_skew: timedelta) -> _Window:
+    """`_Window(now, max_age, max_skew)`, the last one made kept: the messages of one
+    millisecond share their `now`."""
+    key = (now, max_age, max_skew)
+    window = _WINDOWS.get(key)
+    if window is None:
+        _WINDOWS.clear()
+        window = _WINDOWS[key] = _Window(now, max_age, max_skew)
+    return window
+
+
 def _pairs_written(text: str) -> int:
     """The key-value pairs written in JSON text without escapes: every other
     '"'-separated part is outside strings, and each pair has one ':' there."""
     return "".join(text.split('"')[::2]).count(":")
 
 
-def _no_key_twice(text: str, pairs: int) -> bool:
+def _no_key_twice(text: str, pairs: int, colons_read: int = 0) -> bool:
     """Whether JSON text without escapes, whose parsed objects hold `pairs` key-value
-    pairs, wrote none of its keys twice (a key written twice is read once). Every ':'
-    is a pair's or inside a string, so as many ':' as pairs read settles it at once; a
-    name with a colon in it (`urn:dev:...`) takes the count outside strings."""
-    return text.count(":") == pairs or _pairs_written(text) == pairs
+    pairs and whose strings read hold `colons_read` ':', wrote none of its keys twice (a
+    key written twice is read once). Every ':' is a pair's or inside a string, and each
+    string read was written: as many ':' as pairs and colons read settles it at once (a
+    key written twice would add one more); otherwise the count outside strings does."""
+    return text.count(":") == pairs + colons_read or _pairs_written(text) == pairs
 
 
 _USUAL_LABELS = frozenset({"bn", "bt", "bu", "n", "u", "v", "t"})
@@ -198,14 +213,14 @@ def _usual_pack(
         return None
     if pack.__class__ is not list or not pack:
         return None
-    window = _Window(now, max_age, max_skew)
+    window = _window(now, max_age, max_skew)
     now_us, now_seconds = window.now_us, window.now_seconds
     earliest_us, latest_us = window.earliest_us, window.latest_us
     modf, series_of, labels, number = math.modf, _USUAL_SERIES.get, _USUAL_LABELS, _NUMBER
     epoch, one_ms = EPOCH, _MS
     base_name = base_unit = ""
     base_time = 0.0
-    pairs = 0
+    pairs = colons = 0  # colons: in the base names read (`urn:dev:...`), for _no_key_twice
     rows: list[Row] = []
     seen: set[tuple[str, int]] = set()
     try:
@@ -224,6 +239,8 @@ def _usual_pack(
                 if start.__class__ not in number:
                     return None
                 base_name, base_unit, base_time = name, unit, float(start)
+                if "bn" in record:
+                    colons += name.count(":")
             n, unit, v, t = (
                 record.get("n", ""),
                 record.get("u", base_unit),
@@ -263,7 +280,7 @@ def _usual_pack(
             rows.append((code, value, canonical, epoch + one_ms * ms, ms))
     except OverflowError:  # an integer too large for a float: the general way names it
         return None
-    return rows if _no_key_twice(text, pairs) else None
+    return rows if _no_key_twice(text, pairs, colons) else None
 
 
 class _DuplicateKey(ValueError):

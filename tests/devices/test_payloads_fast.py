@@ -197,3 +197,13 @@ def test_the_cache_of_names_and_units_stays_bounded() -> None:
     rows, refusals = decode_rows(b'[{"bn":"urn:dev:0:","n":"hr","v":70,"t":-1}]', **options)
     assert [row[:3] for row in rows] == [(HEART_RATE.code, 70.0, HEART_RATE.unit)]
     assert refusals == ()
+
+
+def test_each_message_is_judged_by_its_own_clock() -> None:
+    """The one-pass way keeps the window of the last `now` it saw: a message received
+    at another time gets that time's window, whatever came before."""
+    data = json.dumps([{"bt": T - 60, "n": "hr", "v": 70}]).encode()
+    later = NOW + MAX_AGE + timedelta(minutes=2)  # the reading is then too old
+    for now, kept in [(NOW, 1), (later, 0), (NOW, 1), (NOW, 1), (later, 0)]:
+        rows, refusals = decode_rows(data, now=now, max_age=MAX_AGE, max_skew=MAX_SKEW)
+        assert (len(rows), len(refusals)) == (kept, 1 - kept)
