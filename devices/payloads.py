@@ -31,6 +31,8 @@ import math
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
+import orjson
+
 from devices.compact import decode_object
 from devices.readings import Decoded, Reading, Refusal, Row
 from devices.senml import decode_pack, resolve
@@ -46,7 +48,11 @@ _LOOKS_LIKE_MS = 1e11  # a Unix time this large is in the year 5138: millisecond
 MAX_REFUSALS = 20  # per message; one more names how many others were refused
 _US = timedelta(microseconds=1)
 _MS = timedelta(milliseconds=1)
-_PARSE = json.JSONDecoder().decode  # what json.loads(text) does, without its checks
+# The fast way's parser: orjson reads a 10-record pack in a third of the json module's
+# time (2 against 7 µs). It reads what json.loads reads, but refuses the NaN and Infinity
+# literals and integers beyond 64 bits: those go the general way (json, with hooks),
+# which names what is wrong. tests/devices/test_payloads_fast.py checks both ways agree.
+_PARSE = orjson.loads
 
 
 def decode(

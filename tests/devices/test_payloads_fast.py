@@ -207,3 +207,28 @@ def test_each_message_is_judged_by_its_own_clock() -> None:
     for now, kept in [(NOW, 1), (later, 0), (NOW, 1), (NOW, 1), (later, 0)]:
         rows, refusals = decode_rows(data, now=now, max_age=MAX_AGE, max_skew=MAX_SKEW)
         assert (len(rows), len(refusals)) == (kept, 1 - kept)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[{"n":"hr","v":NaN,"t":-1}]',  # literals json reads and orjson refuses
+        '[{"n":"hr","v":Infinity,"t":-1},{"n":"rr","v":14,"t":-1}]',
+        '[{"n":"hr","v":-Infinity,"t":-1}]',
+        '[{"n":"hr","v":72,"t":-1},{"n":"rr","v":' + "9" * 30 + ',"t":-1}]',  # > 64 bits
+        '[{"n":"hr","v":72,"t":-' + "1" * 25 + "}]",
+        '[{"n":"hr","v":1e400,"t":-1}]',
+        '[{"n":"hr","v":72.0e0,"t":-0},{"n":"rr","v":-0,"t":-1}]',
+        '[{"n":"hr","v":72,"t":-1.0000000000000001}]',
+        "[" * 2000 + "]" * 2000,  # deeper than orjson's limit
+        '[{"n":"hr","v":72,"t":-1}] ',
+        '[{"n":"hr","v":72,"t":-1}] x',
+    ],
+)
+def test_what_the_fast_parser_reads_otherwise_the_general_way_decides(
+    text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """orjson, the fast way's parser, refuses a few things Python's json reads: both
+    ways still decide alike."""
+    fast, general = both_ways(text.encode(), monkeypatch)
+    assert fast == general
