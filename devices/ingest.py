@@ -11,7 +11,10 @@
   leaves the GIL while it writes) as the event loop decodes. A batch starts to commit only
   once the one before it is committed and acknowledged, so acknowledgements keep the
   arrival order; until then it takes in what arrives (up to `batch_max`), so that the
-  batch size follows the store's pace.
+  batch size follows the store's pace. A batch that holds half of `batch_max` goes to a
+  free store at once: under a steady load commits stay short (the readings' latency at
+  80 % of the saturated rate went from a p50 of 64-70 ms to 39-42, p99 from up to 269 ms
+  to 118-131, in bench/ingest.py), and a saturated store still gets full batches.
 - Back-pressure: the session's Receive Maximum bounds how many unacknowledged messages
   the broker sends. While the store is slow or down, acknowledgements stop, so the broker
   stops sending and keeps the rest; memory stays bounded.
@@ -205,8 +208,9 @@ class Ingestor:
             await self._consume(client, inbox)
 
     async def _consume(self, client: aiomqtt.Client, inbox: asyncio.Queue[Delivery]) -> None:
-        """Batches: open on the first message, commit when full or `batch_wait` later.
-        The inbox holds at most Receive Maximum messages: the broker waits for our acks."""
+        """Batches: open on the first message, commit when full, when half full with the
+        store free, or `batch_wait` later. The inbox holds at most Receive Maximum
+        messages: the broker waits for our acks."""
         batch = _Batch()
         committing: asyncio.Task[None] | None = None  # the batch before `batch`
         try:
@@ -237,7 +241,11 @@ class Ingestor:
                         committing = await self._hand_over(client, full, committing)
                         continue
                 await self._accept(message, batch)
-                if len(batch.observations) >= self.settings.batch_max:
+                size = len(batch.observations)
+                if size >= self.settings.batch_max or (
+                    size >= self.settings.batch_max // 2
+                    and (committing is None or committing.done())
+                ):
                     batch, full = _Batch(), batch
                     committing = await self._hand_over(client, full, committing)
         except aiomqtt.MqttError:

@@ -9,7 +9,7 @@ import json
 from collections.abc import Sequence
 from datetime import datetime
 
-from devices.ingest import Ingestor
+from devices.ingest import Ingestor, IngestSettings
 from telemed.clock import utcnow
 from telemed.monitoring import Observation
 from tests.devices.conftest import Rig, Stored
@@ -69,3 +69,36 @@ async def test_the_next_batch_is_decoded_while_one_commits_and_commits_after_it(
     assert events == [("start", 60.0), ("end", 60.0), ("start", 61.0), ("end", 61.0)]
     assert sorted(o.value for o in await real_rows(rig)) == [60.0, 61.0, 62.0, 63.0]
     assert ingestor.stats.stored == 4
+
+
+async def test_a_batch_half_full_goes_to_an_idle_store_at_once(rig: Rig) -> None:
+    """Under a steady load the batches stay short: once a batch holds half of `batch_max`
+    and the store is free, it commits without waiting for `batch_wait` (an hour here)."""
+    enrolled = await rig.enroll()
+    stored = Stored()
+    settings = IngestSettings(client_id="test-half", batch_max=20, batch_wait=3600)
+    ingestor = Ingestor(rig.store, utcnow, rig.access, settings, on_stored=stored)
+    task = asyncio.create_task(ingestor.run())
+    try:
+        async with asyncio.timeout(10):
+            await ingestor.connected.wait()
+        topic = enrolled.as_json()["topic"]
+        start = recent()
+        async with device(enrolled) as d:
+            # 4 readings, then 6 more: 10 = batch_max / 2
+            await d.publish(topic, json.dumps(pack(start, 60, 4)), qos=1)
+            await d.publish(topic, json.dumps(pack(start + 10, 70, 6)), qos=1)
+            async with asyncio.timeout(10):
+                while len(await real_rows(rig)) < 10:
+                    stored.changed.clear()
+                    await stored.changed.wait()
+        assert ingestor.stats.batches == 1
+        assert ingestor.stats.stored == 10
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def pack(start: int, value: int, readings: int) -> list[dict[str, object]]:
+    """`readings` heart rates, a second apart from `start`."""
+    return [{"bt": start + i, "n": "hr", "v": value + i} for i in range(readings)]
