@@ -82,17 +82,10 @@ class BufferedSocket:
             qos = (command >> 1) & 3
             if command >> 4 != 3 or qos > 1:  # PUBLISH (type 3) at QoS 0 or 1
                 break
-            # the remaining length: 1 to 4 bytes, 7 bits each, least significant first
-            length, shift, start = 0, 0, at + 1
-            while start < end and shift < 28:
-                byte = buffer[start]
-                length |= (byte & 0x7F) << shift
-                start += 1
-                if byte < 0x80:
-                    break
-                shift += 7
-            else:
+            remaining = _variable_int(buffer, at + 1, end)
+            if remaining is None:
                 break  # not yet whole, or more than 4 bytes (paho refuses it)
+            length, start = remaining
             stop = start + length
             if stop > end or length < 2:
                 break
@@ -105,17 +98,10 @@ class BufferedSocket:
                     break
                 mid = buffer[topic_end] << 8 | buffer[topic_end + 1]
             if mqtt5:  # the properties' length, then the properties
-                properties, shift = 0, 0
-                while position < stop and shift < 28:
-                    byte = buffer[position]
-                    properties |= (byte & 0x7F) << shift
-                    position += 1
-                    if byte < 0x80:
-                        break
-                    shift += 7
-                else:
+                properties = _variable_int(buffer, position, stop)
+                if properties is None:
                     break
-                position += properties
+                position = properties[1] + properties[0]
             if position > stop:
                 break
             deliver(Delivery(buffer[start + 2 : topic_end], mid, qos, buffer[position:stop]))
@@ -136,6 +122,20 @@ class BufferedSocket:
 
     def __getattr__(self, name: str) -> Any:  # noqa: ANN401
         return getattr(self._sock, name)
+
+
+def _variable_int(buffer: bytes, at: int, end: int) -> tuple[int, int] | None:
+    """MQTT's Variable Byte Integer at `at` (1 to 4 bytes, 7 bits each, least significant
+    first): its value and where it ends, or None if it runs to `end` or past 4 bytes."""
+    value = shift = 0
+    while at < end and shift < 28:
+        byte = buffer[at]
+        value |= (byte & 0x7F) << shift
+        at += 1
+        if byte < 0x80:
+            return value, at
+        shift += 7
+    return None
 
 
 def buffer_reads(client: aiomqtt.Client) -> None:

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from paho.mqtt.properties import Properties, VariableByteIntegers
 
 from devices import manual_ack, paho_reads
 from devices.inbox import client_with_inbox, unwrapped
@@ -123,15 +123,6 @@ async def test_a_burst_is_read_whole_and_in_order_with_few_system_reads(rig: Rig
 # --- PUBLISH packets read from the buffer (read_publishes) ------------------------------
 
 
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def publish(
     topic: bytes, payload: bytes, qos: int = 1, mid: int = 1, properties: bytes | None = b"\x00"
 ) -> bytes:
@@ -140,7 +131,7 @@ def publish(
     if qos:
         body += struct.pack("!H", mid)
     body += (properties or b"") + payload
-    return bytes([0x30 | qos << 1]) + varint(len(body)) + body
+    return bytes([0x30 | qos << 1]) + VariableByteIntegers.encode(len(body)) + body
 
 
 def taken(data: bytes, mqtt5: bool = True) -> tuple[list[Delivery], int]:
@@ -209,7 +200,7 @@ def test_what_is_taken_is_what_paho_decodes(
     (got,), left = taken(data + b"\xd0\x00", mqtt5)
     assert left == 2
     length = len(data) - 1
-    while len(varint(length)) + length != len(data) - 1:
+    while len(VariableByteIntegers.encode(length)) + length != len(data) - 1:
         length -= 1
     version = paho.MQTTv5 if mqtt5 else paho.MQTTv311
     paho_read = paho_packet.decode_publish(data[0], data[len(data) - length :], version)
