@@ -90,6 +90,8 @@ class BufferedSocket:
             if stop > end or length < 2:
                 break
             topic_end = start + 2 + (buffer[start] << 8 | buffer[start + 1])
+            if topic_end == start + 2 and not mqtt5:
+                break  # an empty topic: MQTT 3.1.1 forbids it (paho refuses the packet)
             mid = 0
             position = topic_end
             if qos:

@@ -39,8 +39,9 @@ class Observation:
     unit: str
     taken_at: datetime  # UTC, ms
     received_at: datetime  # when the server accepted it (UTC, ms)
-    # taken_at in milliseconds since the epoch, as the stores file it: from taken_at, or
-    # from the decoder that computed both (`observations_from_rows`)
+    # taken_at in milliseconds since the epoch, as the stores file it: from taken_at
+    # (timezone-aware, as every time here: a naive one raises TypeError), or from the
+    # decoder that computed both (`observations_from_rows`)
     taken_ms: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -102,3 +102,54 @@ async def test_a_batch_half_full_goes_to_an_idle_store_at_once(rig: Rig) -> None
 def pack(start: int, value: int, readings: int) -> list[dict[str, object]]:
     """`readings` heart rates, a second apart from `start`."""
     return [{"bt": start + i, "n": "hr", "v": value + i} for i in range(readings)]
+
+
+async def test_a_batch_half_full_waits_while_the_store_commits(rig: Rig) -> None:
+    """While the store commits, the next batch takes in what arrives (up to `batch_max`),
+    however full: one commit at a time, the batch size following the store's pace."""
+    enrolled = await rig.enroll()
+    real = rig.store.add_observations
+    gate = asyncio.Event()
+    sizes: list[int] = []
+
+    async def slow(batch: Sequence[Observation]) -> int:
+        sizes.append(len(batch))
+        if len(sizes) == 1:
+            await gate.wait()
+        return await real(batch)
+
+    rig.store.add_observations = slow  # type: ignore[method-assign]
+    stored = Stored()
+    settings = IngestSettings(client_id="test-half-busy", batch_max=20, batch_wait=0.2)
+    taken = asyncio.Event()
+    accepted = 0
+
+    def clock() -> datetime:  # read once per message, before it is decoded into the batch
+        nonlocal accepted
+        accepted += 1
+        if accepted == 4:  # the last message: decoded into the batch before any await
+            taken.set()
+        return utcnow()
+
+    ingestor = Ingestor(rig.store, clock, rig.access, settings, on_stored=stored)
+    task = asyncio.create_task(ingestor.run())
+    try:
+        async with asyncio.timeout(10):
+            await ingestor.connected.wait()
+        topic = enrolled.as_json()["topic"]
+        start = recent()
+        async with device(enrolled) as d:
+            await d.publish(topic, json.dumps(pack(start, 60, 10)), qos=1)  # half: commits
+            for i in range(3):  # 15 readings while that commit waits
+                await d.publish(topic, json.dumps(pack(start + 20 + 5 * i, 70, 5)), qos=1)
+            async with asyncio.timeout(10):
+                await taken.wait()  # all four decoded, the first batch still committing
+            gate.set()
+            async with asyncio.timeout(10):
+                while len(await real_rows(rig)) < 25:
+                    stored.changed.clear()
+                    await stored.changed.wait()
+        assert sizes == [10, 15]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

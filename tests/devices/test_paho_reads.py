@@ -14,6 +14,7 @@ import paho.mqtt.client as paho
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from paho.mqtt.exception import MalformedPacket
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties, VariableByteIntegers
 
@@ -184,6 +185,15 @@ def test_anything_else_is_left_whole_in_the_buffer(data: bytes) -> None:
     assert taken(data) == ([], len(data))
 
 
+def test_an_empty_topic_is_paho_s_to_refuse_under_mqtt_3() -> None:
+    data = publish(b"", b"x", mid=7, properties=None)
+    assert taken(data, mqtt5=False) == ([], len(data))
+    with pytest.raises(MalformedPacket):
+        paho_packet.decode_publish(data[0], data[2:], paho.MQTTv311)
+    # MQTT 5 allows it (a topic alias would name it): paho delivers it, and so does this
+    assert taken(publish(b"", b"x", mid=7)) == ([Delivery(b"", 7, 1, b"x")], 0)
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     topic=st.binary(min_size=1, max_size=300),
@@ -220,7 +230,11 @@ async def test_publishes_go_to_the_inbox_and_everything_else_to_paho() -> None:
     kernel = Kernel(b"".join(packets[:3]) + pingresp + b"".join(packets[3:]) + b"\x32\x01\x00")
     inner._sock = BufferedSocket(kernel)  # noqa: SLF001
     inner._state = paho._ConnectionState.MQTT_CS_CONNECTED  # noqa: SLF001
-    results = [inner._packet_read() for _ in range(5)]  # noqa: SLF001
+    results = [inner._packet_read()]  # noqa: SLF001 (paho's: packet 0 fills the buffer)
+    inner._last_bytes_received = 0.0  # noqa: SLF001
+    results.append(inner._packet_read())  # noqa: SLF001 (packets 1 and 2, from the buffer)
+    assert inner._last_bytes_received > 0.0  # noqa: SLF001 (the keepalive saw them come)
+    results += [inner._packet_read() for _ in range(3)]  # noqa: SLF001
     assert results[:4] == [paho.MQTT_ERR_SUCCESS] * 4
     assert results[4] == paho.MQTT_ERR_PROTOCOL  # the last one, malformed
     got = [inbox.get_nowait() for _ in range(inbox.qsize())]
@@ -228,11 +242,14 @@ async def test_publishes_go_to_the_inbox_and_everything_else_to_paho() -> None:
     inner._sock = None  # noqa: SLF001
 
 
-async def test_reading_publishes_fails_naming_what_paho_moved(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    def reshaped(self: paho.Client, extra: int) -> None: ...
-
-    monkeypatch.setattr(paho.Client, "_packet_read", reshaped)
-    with pytest.raises(RuntimeError, match="_packet_read"):
-        paho_reads.read_publishes(aiomqtt.Client("127.0.0.1", 1), print)
+@pytest.mark.parametrize("moved", ["_packet_read", "_in_packet", "_last_bytes_received"])
+async def test_reading_publishes_fails_naming_what_paho_moved(moved: str) -> None:
+    client = aiomqtt.Client("127.0.0.1", 1)
+    inner = manual_ack.paho_client(client)
+    with pytest.MonkeyPatch.context() as m:
+        if moved == "_packet_read":  # a new signature, on the class where it is looked up
+            m.setattr(paho.Client, "_packet_read", lambda self, extra: None)
+        else:
+            m.delattr(inner, moved)
+        with pytest.raises(RuntimeError, match=moved):
+            paho_reads.read_publishes(client, print)

@@ -34,6 +34,7 @@ def general_way(monkeypatch: pytest.MonkeyPatch) -> None:
         raise ValueError("the general way, please")
 
     monkeypatch.setattr(payloads, "_PARSE", refuse)
+    monkeypatch.setattr(payloads, "_PARSE_JSON", refuse)
 
 
 def both_ways(data: bytes, monkeypatch: pytest.MonkeyPatch) -> tuple[Decoded, Decoded]:
@@ -120,6 +121,33 @@ def test_times_are_the_same_both_ways(now: datetime, seconds: float) -> None:
         assert refusals == []
         assert rows == [("8867-4", 72.0, "/min", general, (general - EPOCH) // MS)]
         assert rows[0][3].tzinfo is UTC
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    seconds=st.one_of(
+        st.floats(min_value=T - 2 * 86400, max_value=T + 600),
+        st.floats(min_value=-2 * 86400, max_value=600),
+        st.integers(min_value=-10_000, max_value=10_000).map(lambda k: k / 2000),
+        st.integers(min_value=-(10**6), max_value=10**6).map(lambda k: T + k * 0.0005),
+    ),
+    offset=st.one_of(st.just(0.0), st.floats(min_value=-1.0, max_value=1.0)),
+)
+@example(seconds=T - MAX_AGE.total_seconds(), offset=0.0)
+@example(seconds=T + MAX_SKEW.total_seconds(), offset=0.0)
+@example(seconds=MAX_SKEW.total_seconds() + 0.0005, offset=0.0)
+@example(seconds=2.0**28 - 0.5, offset=0.5)
+def test_the_one_pass_way_times_a_pack_as_the_general_way(seconds: float, offset: float) -> None:
+    """The one-pass way computes each time itself (as `_Window.ms` does): a pack's time,
+    from `t` alone and from `bt` plus `t`, is the general way's at every edge."""
+    for pack in (
+        [{"n": "hr", "v": 72, "t": seconds}],
+        [{"bt": seconds, "n": "hr", "v": 72, "t": offset}, {"n": "rr", "v": 14}],
+    ):
+        data = json.dumps(pack).encode()
+        with pytest.MonkeyPatch.context() as m:
+            fast, general = both_ways(data, m)
+        assert fast == general, data
 
 
 def test_rows_are_the_readings_without_the_device() -> None:
@@ -217,6 +245,11 @@ def test_each_message_is_judged_by_its_own_clock() -> None:
         '[{"n":"hr","v":-Infinity,"t":-1}]',
         '[{"n":"hr","v":72,"t":-1},{"n":"rr","v":' + "9" * 30 + ',"t":-1}]',  # > 64 bits
         '[{"n":"hr","v":72,"t":-' + "1" * 25 + "}]",
+        '[{"n":"hr","v":72,"t":-1},{"n":18446744073709551616,"v":1}]',  # named as sent
+        '[{"bver":18446744073709551616,"n":"hr","v":72,"t":-1}]',
+        '{"hr":72,"t":-1,"u":{"hr":18446744073709551616}}',
+        '[{"bt":18446744073709551616,"n":"hr","v":72}]',
+        '[{"n":"hr","v":18446744073709551616,"t":-1}]',
         '[{"n":"hr","v":1e400,"t":-1}]',
         '[{"n":"hr","v":72.0e0,"t":-0},{"n":"rr","v":-0,"t":-1}]',
         '[{"n":"hr","v":72,"t":-1.0000000000000001}]',
