@@ -177,6 +177,11 @@ class MosquittoSupervisor:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=log_file,
+                # A session of its own: a terminal's Ctrl-C signals the whole foreground
+                # process group, and Mosquitto would exit under the server's MQTT clients
+                # (errors in the log, a restart attempt) instead of being stopped after
+                # them, by `stop`
+                start_new_session=True,
             )
         log.info("mosquitto started pid=%s port=%s", self._process.pid, self.port)
 

@@ -9,6 +9,7 @@ import ipaddress
 import logging
 import os
 import re
+import signal
 import ssl
 import stat
 import sys
@@ -475,3 +476,54 @@ def test_secret_repr_hides_the_value(tmp_path: Path) -> None:
     )
     assert from_env.mqtt.password.reveal() == "env-secret-value"
     assert "env-secret-value" not in repr(from_env)
+
+
+async def test_ctrl_c_stops_the_server_and_then_its_broker(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C signals the whole foreground process group. The embedded
+    Mosquitto runs in a session of its own, so the server stops it after its MQTT
+    clients: no connection torn from under them, no restart, no error in the log."""
+    var = tmp_path / "var"
+    env = {
+        "TELEMED_VAR_DIR": str(var),
+        "TELEMED_STORE_URL": f"sqlite:///{var / 'telemed.db'}",
+        "TELEMED_MQTT_PORT": str(free_port()),
+        "TELEMED_DEMO_SEED": "false",
+        "TELEMED_LOG_JSON": "false",
+    }
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            str(TELEMED),
+            "--config",
+            str(ROOT / "config.toml"),
+            "serve",
+            "--port",
+            str(port),
+            env={**os.environ, **env},
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,  # its own process group, as a shell's foreground job
+        )
+    try:
+        async with aiohttp.ClientSession() as http:
+            await _poll_until_up(http, f"http://127.0.0.1:{port}/readyz", process, log_path)
+        started = re.search(r"mosquitto started pid=(\d+)", tail(log_path))
+        assert started is not None, tail(log_path)
+        broker = int(started.group(1))
+        assert os.getpgid(broker) != process.pid  # out of reach of the terminal's signals
+        os.killpg(process.pid, signal.SIGINT)
+        async with asyncio.timeout(SERVE_TIMEOUT):
+            code = await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    text = tail(log_path)
+    assert code == 0, text
+    assert "mosquitto stopped" in text
+    assert "ERROR" not in text, text
+    assert "Traceback" not in text, text
+    with pytest.raises(ProcessLookupError):  # stopped with the server, not left behind
+        os.kill(broker, 0)
