@@ -5,8 +5,9 @@ store is busy takes in what arrives until the store is free."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 
 from devices.ingest import Ingestor, IngestSettings
@@ -78,25 +79,35 @@ async def test_a_batch_half_full_goes_to_an_idle_store_at_once(rig: Rig) -> None
     stored = Stored()
     settings = IngestSettings(client_id="test-half", batch_max=20, batch_wait=3600)
     ingestor = Ingestor(rig.store, utcnow, rig.access, settings, on_stored=stored)
+    topic = enrolled.as_json()["topic"]
+    start = recent()
+    async with running(ingestor), device(enrolled) as d:
+        # 4 readings, then 6 more: 10 = batch_max / 2
+        await d.publish(topic, json.dumps(pack(start, 60, 4)), qos=1)
+        await d.publish(topic, json.dumps(pack(start + 10, 70, 6)), qos=1)
+        await until_stored(rig, stored, 10)
+    assert ingestor.stats.batches == 1
+    assert ingestor.stats.stored == 10
+
+
+@contextlib.asynccontextmanager
+async def running(ingestor: Ingestor) -> AsyncIterator[None]:
+    """`ingestor` consuming, once subscribed; cancelled and awaited on the way out."""
     task = asyncio.create_task(ingestor.run())
     try:
         async with asyncio.timeout(10):
             await ingestor.connected.wait()
-        topic = enrolled.as_json()["topic"]
-        start = recent()
-        async with device(enrolled) as d:
-            # 4 readings, then 6 more: 10 = batch_max / 2
-            await d.publish(topic, json.dumps(pack(start, 60, 4)), qos=1)
-            await d.publish(topic, json.dumps(pack(start + 10, 70, 6)), qos=1)
-            async with asyncio.timeout(10):
-                while len(await real_rows(rig)) < 10:
-                    stored.changed.clear()
-                    await stored.changed.wait()
-        assert ingestor.stats.batches == 1
-        assert ingestor.stats.stored == 10
+        yield
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def until_stored(rig: Rig, stored: Stored, count: int) -> None:
+    async with asyncio.timeout(10):
+        while len(await real_rows(rig)) < count:
+            stored.changed.clear()
+            await stored.changed.wait()
 
 
 def pack(start: int, value: int, readings: int) -> list[dict[str, object]]:
@@ -132,24 +143,14 @@ async def test_a_batch_half_full_waits_while_the_store_commits(rig: Rig) -> None
         return utcnow()
 
     ingestor = Ingestor(rig.store, clock, rig.access, settings, on_stored=stored)
-    task = asyncio.create_task(ingestor.run())
-    try:
+    topic = enrolled.as_json()["topic"]
+    start = recent()
+    async with running(ingestor), device(enrolled) as d:
+        await d.publish(topic, json.dumps(pack(start, 60, 10)), qos=1)  # half: commits
+        for i in range(3):  # 15 readings while that commit waits
+            await d.publish(topic, json.dumps(pack(start + 20 + 5 * i, 70, 5)), qos=1)
         async with asyncio.timeout(10):
-            await ingestor.connected.wait()
-        topic = enrolled.as_json()["topic"]
-        start = recent()
-        async with device(enrolled) as d:
-            await d.publish(topic, json.dumps(pack(start, 60, 10)), qos=1)  # half: commits
-            for i in range(3):  # 15 readings while that commit waits
-                await d.publish(topic, json.dumps(pack(start + 20 + 5 * i, 70, 5)), qos=1)
-            async with asyncio.timeout(10):
-                await taken.wait()  # all four decoded, the first batch still committing
-            gate.set()
-            async with asyncio.timeout(10):
-                while len(await real_rows(rig)) < 25:
-                    stored.changed.clear()
-                    await stored.changed.wait()
-        assert sizes == [10, 15]
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+            await taken.wait()  # all four decoded, the first batch still committing
+        gate.set()
+        await until_stored(rig, stored, 25)
+    assert sizes == [10, 15]

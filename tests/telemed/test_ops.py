@@ -187,15 +187,40 @@ def test_self_signed_certificate(tmp_path: Path) -> None:
     assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
 
 
-async def test_serve_self_signed_over_https(tmp_path: Path) -> None:
+def serve_env(tmp_path: Path) -> dict[str, str]:
+    """A server of its own under `tmp_path`: store, embedded broker port, no demo clinic."""
     var = tmp_path / "var"
-    env = {
+    return {
         "TELEMED_VAR_DIR": str(var),
         "TELEMED_STORE_URL": f"sqlite:///{var / 'telemed.db'}",
         "TELEMED_MQTT_PORT": str(free_port()),
         "TELEMED_DEMO_SEED": "false",
         "TELEMED_LOG_JSON": "false",
     }
+
+
+async def start_serve(
+    env: dict[str, str], log_path: Path, *options: str, own_group: bool = False
+) -> asyncio.subprocess.Process:
+    """`telemed serve` with `options`, its output to `log_path`; `own_group`: in a
+    process group of its own, as a shell's foreground job."""
+    with log_path.open("wb") as log:
+        return await asyncio.create_subprocess_exec(
+            str(TELEMED),
+            "--config",
+            str(ROOT / "config.toml"),
+            "serve",
+            *options,
+            env={**os.environ, **env},
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=own_group,
+        )
+
+
+async def test_serve_self_signed_over_https(tmp_path: Path) -> None:
+    env = serve_env(tmp_path)
     settings = load_settings(ROOT / "config.toml", env)
     assert settings.mqtt.embedded  # the server runs and supervises its own Mosquitto
     store = await open_store(settings.store, base_dir=str(settings.base_dir))
@@ -208,20 +233,7 @@ async def test_serve_self_signed_over_https(tmp_path: Path) -> None:
 
     port = free_port()
     log_path = tmp_path / "serve.log"
-    with log_path.open("wb") as log:
-        process = await asyncio.create_subprocess_exec(
-            str(TELEMED),
-            "--config",
-            str(ROOT / "config.toml"),
-            "serve",
-            "--self-signed",
-            "--port",
-            str(port),
-            env={**os.environ, **env},
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-        )
+    process = await start_serve(env, log_path, "--self-signed", "--port", str(port))
     base = f"https://127.0.0.1:{port}"
     try:
         jar = aiohttp.CookieJar(unsafe=True)  # cookies for an IP address
@@ -482,30 +494,9 @@ async def test_ctrl_c_stops_the_server_and_then_its_broker(tmp_path: Path) -> No
     """A terminal's Ctrl-C signals the whole foreground process group. The embedded
     Mosquitto runs in a session of its own, so the server stops it after its MQTT
     clients: no connection torn from under them, no restart, no error in the log."""
-    var = tmp_path / "var"
-    env = {
-        "TELEMED_VAR_DIR": str(var),
-        "TELEMED_STORE_URL": f"sqlite:///{var / 'telemed.db'}",
-        "TELEMED_MQTT_PORT": str(free_port()),
-        "TELEMED_DEMO_SEED": "false",
-        "TELEMED_LOG_JSON": "false",
-    }
     port = free_port()
     log_path = tmp_path / "serve.log"
-    with log_path.open("wb") as log:
-        process = await asyncio.create_subprocess_exec(
-            str(TELEMED),
-            "--config",
-            str(ROOT / "config.toml"),
-            "serve",
-            "--port",
-            str(port),
-            env={**os.environ, **env},
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,  # its own process group, as a shell's foreground job
-        )
+    process = await start_serve(serve_env(tmp_path), log_path, "--port", str(port), own_group=True)
     try:
         async with aiohttp.ClientSession() as http:
             await _poll_until_up(http, f"http://127.0.0.1:{port}/readyz", process, log_path)
