@@ -1,8 +1,9 @@
 """`signaling.websocket`: Engine.IO's WebSocket transport as this server runs it, over
 real connections to the app on a loopback port. A page that connects by long-polling and
 upgrades, one that connects by WebSocket at once, and a client that sends something that
-is not Engine.IO at all; emits written at once while the socket's writer is idle
-(`Outlet`), in order with what is queued, and queued whenever they may not be."""
+is not Engine.IO at all; emits taken at once while the socket's writer is idle
+(`Outlet`) and written together at the end of the loop's pass, in order with what is
+queued, and queued whenever they may not be taken."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import contextlib
 import json
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
@@ -205,6 +207,29 @@ class Counted:
         return getattr(self.transport, name)
 
 
+@dataclass
+class Opened:
+    """A raw WebSocket to Engine.IO, and the server's side of it."""
+
+    ws: ClientWebSocketResponse
+    eio: Engine
+    sid: str
+    socket: Any  # python-engineio's AsyncSocket
+    outlet: Outlet
+
+
+@contextlib.asynccontextmanager
+async def opened(client: Client, book: Book, *, compress: int = 0) -> AsyncIterator[Opened]:
+    """`raw_socket` for a booked patient, once the socket's writer is idle."""
+    booked = await book()
+    eio = engine(client)
+    async with raw_socket(client, booked, compress=compress) as ws:
+        sid = ws.eio_sid  # type: ignore[attr-defined]
+        outlet = eio.outlets[sid]
+        await idle(outlet)
+        yield Opened(ws, eio, sid, eio.sockets[sid], outlet)
+
+
 async def test_emits_to_an_idle_writer_are_taken_at_once_and_written_together_in_order(
     client: Client, book: Book
 ) -> None:
@@ -212,13 +237,9 @@ async def test_emits_to_an_idle_writer_are_taken_at_once_and_written_together_in
     and written in one write at the end of the loop's pass; once anything is queued (a
     PING here, as python-engineio queues it), later emits queue behind it until the
     writer has sent it all."""
-    booked = await book()
-    eio = engine(client)
-    async with raw_socket(client, booked) as ws:
-        sid = ws.eio_sid  # type: ignore[attr-defined]
-        socket, outlet = eio.sockets[sid], eio.outlets[sid]
+    async with opened(client, book) as o:
+        ws, eio, sid, socket, outlet = o.ws, o.eio, o.sid, o.socket, o.outlet
         outlet.transport = counted = Counted(outlet.transport)  # type: ignore[assignment]
-        await idle(outlet)
         for text in ("a", "b", "c" * 30_000):  # the last one's header has a 16-bit length
             assert _queued(eio, sid, message(text))
         assert socket.queue.empty()  # taken, not queued
@@ -238,12 +259,8 @@ async def test_emits_to_an_idle_writer_are_taken_at_once_and_written_together_in
 async def test_a_queued_close_still_ends_the_websocket_and_nothing_follows_it(
     client: Client, book: Book
 ) -> None:
-    booked = await book()
-    eio = engine(client)
-    async with raw_socket(client, booked) as ws:
-        sid = ws.eio_sid  # type: ignore[attr-defined]
-        socket, outlet = eio.sockets[sid], eio.outlets[sid]
-        await idle(outlet)
+    async with opened(client, book) as o:
+        ws, eio, sid, socket, outlet = o.ws, o.eio, o.sid, o.socket, o.outlet
         assert _queued(eio, sid, message("a"))
         socket.queue.put_nowait(eio_packet.Packet(eio_packet.CLOSE))
         _queued(eio, sid, message("after the close"))
@@ -260,12 +277,8 @@ async def test_a_peer_that_does_not_read_gets_the_rest_queued_and_the_sender_nev
     connection's write buffer (and what the outlet holds) is under its high-water mark;
     the rest queue (the writer waits for aiohttp's drain, not the emitter), and all
     arrive in order once the peer reads."""
-    booked = await book()
-    eio = engine(client)
-    async with raw_socket(client, booked) as ws:
-        sid = ws.eio_sid  # type: ignore[attr-defined]
-        socket, outlet = eio.sockets[sid], eio.outlets[sid]
-        await idle(outlet)
+    async with opened(client, book) as o:
+        ws, eio, sid, socket, outlet = o.ws, o.eio, o.sid, o.socket, o.outlet
         chunk = "y" * 4096
         sent = 0
         # the client does not read: once aiohttp's buffer and the kernel's (a few MB on
@@ -390,13 +403,24 @@ def send(outlet: Outlet, packet: eio_packet.Packet) -> None:
         outlet.queue.put_nowait(packet)
 
 
-async def test_while_the_writer_holds_a_batch_emits_queue_behind_it() -> None:
-    wire = Wire()
+@contextlib.asynccontextmanager
+async def writing(wire: Wire) -> AsyncIterator[tuple[Outlet, Any]]:
+    """A fake connection's outlet and socket, its writer running and idle; on the way
+    out the socket's end (None) is queued and the writer awaited."""
     outlet, socket = fake_outlet(wire)
     transport = WebSocketTransport(lambda _: asyncio.sleep(0), SimpleNamespace())  # type: ignore[arg-type]
     writer = asyncio.create_task(transport._write(socket, wire, outlet))  # type: ignore[arg-type]
     try:
         await idle(outlet)
+        yield outlet, socket
+    finally:
+        socket.queue.put_nowait(None)
+        await writer
+
+
+async def test_while_the_writer_holds_a_batch_emits_queue_behind_it() -> None:
+    wire = Wire()
+    async with writing(wire) as (outlet, socket):
         send(outlet, message("1"))  # idle: taken
         send(outlet, message("2"))
         assert wire.sent == []
@@ -417,9 +441,6 @@ async def test_while_the_writer_holds_a_batch_emits_queue_behind_it() -> None:
         send(outlet, message("5"))
         await idle(outlet)
         assert wire.sent == ["41", "42", "6", "43", "44", "45"]
-    finally:
-        socket.queue.put_nowait(None)
-        await writer
     assert wire.closed  # the writer closed the WebSocket
     assert outlet.busy  # for good
     assert not outlet.write(message("6"))
@@ -429,11 +450,7 @@ async def test_the_writer_writes_what_the_outlet_took_before_its_own_frames() ->
     """Should the writer wake before the outlet's flush (a PING queued meanwhile), it
     flushes the outlet first: what was taken before anything was queued goes first."""
     wire = Wire()
-    outlet, socket = fake_outlet(wire)
-    transport = WebSocketTransport(lambda _: asyncio.sleep(0), SimpleNamespace())  # type: ignore[arg-type]
-    writer = asyncio.create_task(transport._write(socket, wire, outlet))  # type: ignore[arg-type]
-    try:
-        await idle(outlet)
+    async with writing(wire) as (outlet, socket):
         outlet.loop = SimpleNamespace(call_soon=lambda callback: None)  # type: ignore[assignment]
         send(outlet, message("1"))  # taken; its flush never comes
         send(outlet, message("2"))
@@ -441,9 +458,6 @@ async def test_the_writer_writes_what_the_outlet_took_before_its_own_frames() ->
         send(outlet, message("3"))  # behind the ping
         await idle(outlet)
         assert wire.sent == ["41", "42", "2", "43"]
-    finally:
-        socket.queue.put_nowait(None)
-        await writer
 
 
 @pytest.mark.parametrize(
