@@ -18,9 +18,10 @@ instance here. tests/devices/test_paho_reads.py fails loudly if an upgrade moves
 packets that lie whole in the buffer are taken from it in one pass, each handed over as
 a `Delivery` (topic, packet id, QoS, payload), without paho's per-packet state machine,
 its `MQTTMessage` (with a `threading.Condition` each) and its debug log line: 17 µs a
-message in paho, about 3 here. Whatever else comes (another packet type, a QoS 2
-PUBLISH, a packet not yet whole, anything malformed) stays in the buffer for paho's own
-reader, which handles and reports it as before.
+message in paho, 2 here (20,000 packets through `_packet_read` in one process).
+Whatever else comes (another packet type, a QoS 2 PUBLISH, a packet not yet whole,
+anything malformed) stays in the buffer for paho's own reader, which handles and
+reports it as before.
 """
 
 from __future__ import annotations

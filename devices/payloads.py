@@ -37,7 +37,7 @@ from devices.compact import decode_object
 from devices.readings import Decoded, Reading, Refusal, Row
 from devices.senml import decode_pack, resolve
 from devices.vitals import DECLARED, Measurement, describe
-from telemed.clock import iso, truncate
+from telemed.clock import from_epoch_ms, iso, truncate
 
 DEFAULT_MAX_BYTES = 16384
 MAX_DEPTH = 8  # SenML needs 2 levels (pack, record), the compact form 2 (object, "u")
@@ -451,20 +451,15 @@ def _validate(
                 Refusal(
                     item.record,
                     item.time_field,
-                    f"{item.time_field}: another {vital} reading at {iso(_at(ms))} came "
+                    f"{item.time_field}: another {vital} reading at {iso(from_epoch_ms(ms))} came "
                     f"earlier in this message (record {first[key]}); only the first is kept",
                     item.name,
                 )
             )
             continue
         first[key] = item.record
-        rows.append((vital.code, item.value, vital.unit, _at(ms), ms))
+        rows.append((vital.code, item.value, vital.unit, from_epoch_ms(ms), ms))
     return rows, refusals
-
-
-def _at(ms: int) -> datetime:
-    """The UTC datetime `ms` milliseconds after the epoch."""
-    return EPOCH + _MS * ms
 
 
 def _check(

@@ -91,7 +91,7 @@ class Outlet:
     segment of its own, spread out in time (aiohttp sets TCP_NODELAY), and the peers
     spent ~15% more CPU per message reading them; on this 2-core machine, shared with
     the benchmark's clients, relayed signals/s rose ~5% that way against ~25% this way
-    (figures below).
+    (bench/README.md, `bench/signaling.py`).
 
     `write` declines (False: the caller queues the frame, as before) whenever taking it
     now could reorder, block or corrupt anything:

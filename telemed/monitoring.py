@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
+
+from telemed.clock import epoch_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,15 +47,13 @@ class Observation:
     taken_ms: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        _SET_TAKEN_MS(self, (self.taken_at - _EPOCH) // _MILLISECOND)
+        _SET_TAKEN_MS(self, epoch_ms(self.taken_at))
 
     @property
     def key(self) -> tuple[str, str, datetime]:
         return (self.device_id, self.code, self.taken_at)
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MILLISECOND = timedelta(milliseconds=1)
 _new = object.__new__
 (
     _SET_PATIENT,

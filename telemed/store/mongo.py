@@ -58,7 +58,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure, 
 
 from telemed.accounts import Patient, Role, User
 from telemed.audit import AuditEvent, AuditRecord, Outcome, seal
-from telemed.clock import Clock, utcnow
+from telemed.clock import Clock, epoch_ms, utcnow
 from telemed.errors import Conflict, NotFound, StoreUnavailable
 from telemed.monitoring import (
     ACTIVE_STATES,
@@ -249,7 +249,6 @@ OBSERVATION_LEASE = timedelta(seconds=30)
 KEY_WAITS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
 PENDING = "pending"
 COMMITTED = "committed"
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,11 +313,6 @@ class _Layout:
 
 PLAIN_LAYOUT = _Layout(ObservationLayout.PLAIN, meta=None)
 TIMESERIES_LAYOUT = _Layout(ObservationLayout.TIMESERIES, meta=TIMESERIES_OPTIONS["metaField"])
-
-
-def _epoch_ms(moment: datetime) -> int:
-    """Milliseconds since the epoch, as a BSON date holds `moment`."""
-    return (moment - EPOCH) // timedelta(milliseconds=1)
 
 
 def _key(o: Observation) -> str:
@@ -1001,7 +995,7 @@ class MongoStore:
         were new, and the keys that another writer holds."""
         if not batch:
             return 0, set()
-        now = _epoch_ms(self._clock())
+        now = epoch_ms(self._clock())
         lease = now + OBSERVATION_LEASE // timedelta(milliseconds=1)
         keys = list(batch)
         logged = await self._log_keys(keys, lease)

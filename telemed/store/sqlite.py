@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from telemed.accounts import Patient, Role, User
 from telemed.audit import AuditEvent, AuditRecord, Outcome, seal
+from telemed.clock import epoch_ms, from_epoch_ms
 from telemed.errors import Conflict, NotFound, StoreUnavailable
 from telemed.monitoring import (
     Alert,
@@ -335,9 +336,6 @@ MIGRATIONS: tuple[str, ...] = (
         FROM observation_readings AS r JOIN observation_sources AS s ON s.num = r.source;
     """,
 )
-
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-MILLISECOND = timedelta(milliseconds=1)
 
 
 def _t(moment: datetime) -> str:
@@ -796,8 +794,8 @@ class SqliteStore:
             code=code,
             value=value,
             unit=unit,
-            taken_at=EPOCH + MILLISECOND * taken_ms,
-            received_at=EPOCH + MILLISECOND * received_ms,
+            taken_at=from_epoch_ms(taken_ms),
+            received_at=from_epoch_ms(received_ms),
         )
 
     def _sources(self, observations: Sequence[Observation]) -> dict[tuple[str, str], int]:
@@ -822,10 +820,7 @@ class SqliteStore:
 
     def _add_observations(self, observations: Sequence[Observation]) -> int:
         # a batch mostly shares one arrival time: convert it once
-        received = {
-            moment: (moment - EPOCH) // MILLISECOND
-            for moment in {o.received_at for o in observations}
-        }
+        received = {moment: epoch_ms(moment) for moment in {o.received_at for o in observations}}
         conn = self.conn
         # The batch goes into a temporary table in memory, in arrival order, with
         # multi-row statements; SQLite then files it, in key order (each B-tree page
@@ -909,8 +904,8 @@ class SqliteStore:
         # within the times its series span (a device that never sent the code is not
         # read at all), merged by (time, device, code): a limit stops each query early,
         # with no sort. One read transaction: every query sees the same commits.
-        lo = -(2**63) if since is None else (since.astimezone(UTC) - EPOCH) // MILLISECOND
-        hi = 2**63 - 1 if until is None else (until.astimezone(UTC) - EPOCH) // MILLISECOND
+        lo = -(2**63) if since is None else epoch_ms(since)
+        hi = 2**63 - 1 if until is None else epoch_ms(until)
         order = "DESC" if newest_first else "ASC"
         sql = (
             "SELECT ?, ?, code, value, unit, taken_ms, received_ms"  # noqa: S608 (placeholders)

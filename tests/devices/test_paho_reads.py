@@ -233,6 +233,7 @@ async def test_publishes_go_to_the_inbox_and_everything_else_to_paho() -> None:
     results = [inner._packet_read()]  # noqa: SLF001 (paho's: packet 0 fills the buffer)
     inner._last_bytes_received = 0.0  # noqa: SLF001
     results.append(inner._packet_read())  # noqa: SLF001 (packets 1 and 2, from the buffer)
+    assert inbox.qsize() == 3  # both in one read: paho's own reader takes one a call
     assert inner._last_bytes_received > 0.0  # noqa: SLF001 (the keepalive saw them come)
     results += [inner._packet_read() for _ in range(3)]  # noqa: SLF001
     assert results[:4] == [paho.MQTT_ERR_SUCCESS] * 4
